@@ -1,1 +1,24 @@
-"""(being written)"""
+"""Architectures that take a norm factory (``norm_layer: int -> nn.Module``), built by name.
+
+``build_model("resnet20", num_classes=10, in_channels=3, image_size=32, norm="groupnorm")`` places the
+registered norm where its spec's ``placement`` says (see :mod:`robustbench_norm.models.factory`).
+"""
+
+from robustbench_norm.models.base import NormLayer
+from robustbench_norm.models.factory import build_model, list_models, norm_factory
+from robustbench_norm.models.resnet import CIFARResNet, WideResNet
+from robustbench_norm.models.small import CIFARConvNet, LocalNormMNISTNet, QuickCNN
+from robustbench_norm.models.vit import ViTTiny
+
+__all__ = [
+    "CIFARConvNet",
+    "CIFARResNet",
+    "LocalNormMNISTNet",
+    "NormLayer",
+    "QuickCNN",
+    "ViTTiny",
+    "WideResNet",
+    "build_model",
+    "list_models",
+    "norm_factory",
+]

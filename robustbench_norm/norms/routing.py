@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 CONTEXT_INFERENCE_MODES: tuple[str, ...] = ("cn", "cn+")
+_INTEGER_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
 
 
 class ContextConsumer(nn.Module):
@@ -30,7 +31,7 @@ class ContextConsumer(nn.Module):
 
     def __init__(self, num_contexts: int) -> None:
         super().__init__()
-        if not isinstance(num_contexts, int) or num_contexts < 1:
+        if not isinstance(num_contexts, int) or isinstance(num_contexts, bool) or num_contexts < 1:
             raise ValueError(f"num_contexts must be a positive int, got {num_contexts!r}")
         self.num_contexts = num_contexts
         self.context_ids: torch.Tensor | None = None
@@ -38,20 +39,26 @@ class ContextConsumer(nn.Module):
 
     def current_context(self, batch_size: int) -> torch.Tensor:
         """The ids of the current batch, checked against the batch size and the number of contexts."""
-        ids = self.context_ids
-        if ids is None:
+        if self.context_ids is None:
             raise RuntimeError(
                 f"{type(self).__name__} needs per-sample context ids: call the model inside "
                 "`with robustbench_norm.norms.use_context(model, ids):`"
             )
-        if ids.shape != (batch_size,):
-            raise ValueError(f"context ids have shape {tuple(ids.shape)}, expected ({batch_size},)")
-        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= self.num_contexts):
-            raise ValueError(
-                f"context ids must lie in [0, {self.num_contexts}), got values in "
-                f"[{int(ids.min())}, {int(ids.max())}]"
-            )
-        return ids
+        return check_context_ids(self.context_ids, batch_size, self.num_contexts)
+
+
+def check_context_ids(ids: object, batch_size: int, num_contexts: int) -> torch.Tensor:
+    """Return ``ids`` if it is an integer tensor of shape ``(batch_size,)`` with values in ``[0, num_contexts)``."""
+    if not isinstance(ids, torch.Tensor) or ids.dtype not in _INTEGER_DTYPES:
+        found = ids.dtype if isinstance(ids, torch.Tensor) else type(ids).__name__
+        raise ValueError(f"context ids must be an integer tensor (torch.long), got {found}")
+    if ids.shape != (batch_size,):
+        raise ValueError(f"context ids have shape {tuple(ids.shape)}, expected ({batch_size},)")
+    if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= num_contexts):
+        raise ValueError(
+            f"context ids must lie in [0, {num_contexts}), got values in [{int(ids.min())}, {int(ids.max())}]"
+        )
+    return ids
 
 
 def context_layers(model: nn.Module) -> list[ContextConsumer]:

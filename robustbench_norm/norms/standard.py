@@ -1,1 +1,284 @@
-"""(being written)"""
+"""The standard normalization layers of PyTorch, wrapped to one interface (``num_features`` first).
+
+Every layer here computes ``y = (x - mu) / sqrt(var + eps) * gamma_c + beta_c`` on an ``(N, C, H, W)`` input,
+with a **biased** variance (divide by the count) and a per-channel affine ``gamma, beta`` of shape ``(C,)``.
+They differ only in the set of values that share ``mu`` and ``var``:
+
+=====================  ======================================  =====================================
+registered name        statistics over                         paper
+=====================  ======================================  =====================================
+``batchnorm`` (bn)     (N, H, W) per channel; running stats    Ioffe & Szegedy, ICML 2015
+``batchnorm_test_stats``  as BN, test batch's stats in eval     Li et al., AdaBN, 2016
+``groupnorm`` (gn)     (C/G, H, W) per sample and group        Wu & He, ECCV 2018
+``instancenorm`` (in)  (H, W) per sample and channel           Ulyanov et al., 2016
+``layernorm`` (ln)     (C, H, W) per sample                    Ba et al., 2016
+``positionalnorm`` (pn)  (C,) per sample and position          Li et al., NeurIPS 2019
+=====================  ======================================  =====================================
+
+The module also holds the small argument checks shared by the other families written to this interface
+(:func:`check_input_2d`, :func:`check_eps`, :func:`check_momentum`), and :func:`use_test_batch_stats`, which
+switches the BatchNorm layers of a model to test-batch statistics in eval mode.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from robustbench_norm.norms.registry import register_norm
+
+_TORCH_BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Argument checks shared by the layers of this package
+# ----------------------------------------------------------------------------------------------------------
+def check_num_features(num_features: int) -> None:
+    """Raise ``ValueError`` unless ``num_features`` is a positive int."""
+    if isinstance(num_features, bool) or not isinstance(num_features, int) or num_features < 1:
+        raise ValueError(f"num_features must be a positive int, got {num_features!r}")
+
+
+def check_eps(eps: float) -> None:
+    """Raise ``ValueError`` unless ``eps`` is a positive finite number."""
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps < float("inf"):
+        raise ValueError(f"eps must be a positive finite float, got {eps!r}")
+
+
+def check_momentum(momentum: float) -> None:
+    """Raise ``ValueError`` unless ``momentum`` lies in [0, 1] (PyTorch convention: weight of the new batch)."""
+    if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) or not 0 <= momentum <= 1:
+        raise ValueError(f"momentum must be a float in [0, 1] (weight of the new batch), got {momentum!r}")
+
+
+def check_input_2d(x: torch.Tensor, num_features: int, layer: str) -> None:
+    """Raise ``ValueError`` unless ``x`` has shape ``(N, num_features, H, W)``."""
+    if x.dim() != 4:
+        raise ValueError(f"{layer} expects a 4-D input (N, C, H, W), got shape {tuple(x.shape)}")
+    if x.shape[1] != num_features:
+        raise ValueError(
+            f"{layer} was built for C={num_features} channels, got input of shape {tuple(x.shape)}"
+        )
+
+
+def default_num_groups(num_features: int) -> int:
+    """GroupNorm's default group count: ``min(32, C)``, lowered to the largest divisor of C below it.
+
+    For every C <= 32 and every multiple of 32 this is exactly ``min(32, C)``; for other widths (e.g. C=48)
+    it is the largest divisor of C that is at most 32 (16 for C=48), so the default never fails.
+    """
+    return max(g for g in range(1, min(32, num_features) + 1) if num_features % g == 0)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Batch Normalization, with running statistics or with the test batch's statistics
+# ----------------------------------------------------------------------------------------------------------
+@register_norm(
+    "batchnorm",
+    aliases=("bn",),
+    batch_stats_at_test=False,
+    batch_independent=False,
+    eval_modes=("running_stats", "test_batch_stats"),
+    paper="Ioffe & Szegedy, Batch Normalization, ICML 2015",
+)
+class BatchNorm(nn.BatchNorm2d):
+    """Batch Normalization (Ioffe & Szegedy, 2015), ``torch.nn.BatchNorm2d`` with a test-batch switch.
+
+    Training: ``y = (x - mu_c) / sqrt(var_c + eps) * gamma_c + beta_c`` with the batch mean and biased variance
+    of channel c over (N, H, W); the running estimates are updated PyTorch-style,
+    ``running <- (1 - momentum) * running + momentum * batch`` (unbiased variance in ``running_var``).
+    Eval: the running estimates replace the batch statistics, unless ``test_batch_stats`` is True; then the
+    test batch's own statistics are used (AdaBN-style) and the running estimates are left untouched.
+    :func:`use_test_batch_stats` sets the flag for every BatchNorm of a model.
+
+    Shapes: input and output ``(N, C, H, W)``; ``weight``, ``bias``, ``running_mean``, ``running_var``: ``(C,)``.
+    Cost: O(NCHW). The state dict is exactly ``nn.BatchNorm2d``'s.
+    """
+
+    def __init__(self, num_features: int, *, eps: float = 1e-5, momentum: float = 0.1) -> None:
+        check_num_features(num_features)
+        check_eps(eps)
+        check_momentum(momentum)
+        super().__init__(num_features, eps=eps, momentum=momentum)
+        self.test_batch_stats = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_input_2d(x, self.num_features, type(self).__name__)
+        if self.training or not self.test_batch_stats:
+            return super().forward(x)
+        return F.batch_norm(x, None, None, self.weight, self.bias, training=True, momentum=0.0, eps=self.eps)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, test_batch_stats={self.test_batch_stats}"
+
+
+@register_norm(
+    "batchnorm_test_stats",
+    batch_stats_at_test=True,
+    batch_independent=False,
+    eval_modes=("test_batch_stats",),
+    paper="Li et al., Revisiting Batch Normalization for Practical Domain Adaptation (AdaBN), 2016",
+)
+class BatchNormTestStats(BatchNorm):
+    """BatchNorm that normalises with the test batch's own statistics in eval mode (AdaBN-style).
+
+    Training is identical to :class:`BatchNorm`, running-statistic updates included, so the two share a
+    state dict and a BatchNorm checkpoint loads into this layer. Eval:
+    ``y = (x - mean_c(test batch)) / sqrt(var_c(test batch) + eps) * gamma_c + beta_c`` (biased variance over
+    (N, H, W)); the running estimates are neither used nor updated. A test batch with one value per channel
+    (N*H*W = 1) raises ``ValueError``, as in BatchNorm training.
+    """
+
+    def __init__(self, num_features: int, *, eps: float = 1e-5, momentum: float = 0.1) -> None:
+        super().__init__(num_features, eps=eps, momentum=momentum)
+        self.test_batch_stats = True
+
+
+@contextmanager
+def use_test_batch_stats(model: nn.Module, enabled: bool = True) -> Iterator[list[BatchNorm]]:
+    """Inside the block, every :class:`BatchNorm` of ``model`` uses test-batch statistics in eval mode.
+
+    ``enabled=False`` switches them all to running statistics instead (also :class:`BatchNormTestStats`).
+    The previous setting of each layer comes back after the block. Yields the switched layers (empty if the
+    model has none). A plain ``torch.nn`` BatchNorm in the model raises ``ValueError``, because it cannot be
+    switched and would silently keep its running statistics: build models with ``build_norm("batchnorm")``.
+    """
+    foreign = [name for name, m in model.named_modules() if isinstance(m, _TORCH_BATCHNORMS)
+               and not isinstance(m, BatchNorm)]
+    if foreign:
+        raise ValueError(
+            f"modules {foreign} are torch.nn BatchNorm layers, which cannot switch to test-batch statistics; "
+            "valid: robustbench_norm BatchNorm layers (build_norm('batchnorm', C))"
+        )
+    layers = [m for m in model.modules() if isinstance(m, BatchNorm)]
+    previous = [layer.test_batch_stats for layer in layers]
+    for layer in layers:
+        layer.test_batch_stats = bool(enabled)
+    try:
+        yield layers
+    finally:
+        for layer, flag in zip(layers, previous):
+            layer.test_batch_stats = flag
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Batch-independent normalizations
+# ----------------------------------------------------------------------------------------------------------
+@register_norm(
+    "groupnorm",
+    aliases=("gn",),
+    batch_independent=True,
+    paper="Wu & He, Group Normalization, ECCV 2018",
+)
+class GroupNorm(nn.GroupNorm):
+    """Group Normalization (Wu & He, 2018): per sample, statistics over G groups of C/G consecutive channels.
+
+    ``y = (x - mu_{n,g}) / sqrt(var_{n,g} + eps) * gamma_c + beta_c``, mean and biased variance over the
+    (C/G, H, W) values of group g = c // (C/G) of sample n. ``num_groups`` defaults to
+    :func:`default_num_groups` (``min(32, C)`` whenever that divides C); a ``num_groups`` that does not divide C
+    raises ``ValueError``. Train and eval are identical. Shapes: ``(N, C, H, W)`` in and out, affine ``(C,)``.
+    Cost: O(NCHW).
+    """
+
+    def __init__(self, num_features: int, *, num_groups: int | None = None, eps: float = 1e-5) -> None:
+        check_num_features(num_features)
+        check_eps(eps)
+        groups = default_num_groups(num_features) if num_groups is None else num_groups
+        if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1 or num_features % groups:
+            divisors = [g for g in range(1, num_features + 1) if num_features % g == 0]
+            raise ValueError(
+                f"num_groups={num_groups!r} must divide num_features={num_features}; valid: {divisors}"
+            )
+        super().__init__(groups, num_features, eps=eps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_input_2d(x, self.num_channels, type(self).__name__)
+        return super().forward(x)
+
+
+@register_norm(
+    "instancenorm",
+    aliases=("in",),
+    batch_independent=True,
+    paper="Ulyanov et al., Instance Normalization: The Missing Ingredient for Fast Stylization, 2016",
+)
+class InstanceNorm(nn.InstanceNorm2d):
+    """Instance Normalization (Ulyanov et al., 2016): per sample and channel, statistics over (H, W).
+
+    ``y = (x - mu_{n,c}) / sqrt(var_{n,c} + eps) * gamma_c + beta_c``, biased variance, learnable per-channel
+    affine, no running statistics (train and eval are identical). A 1x1 map has one value per statistic and
+    raises ``ValueError`` (PyTorch's rule). Shapes: ``(N, C, H, W)`` in and out, affine ``(C,)``. Cost: O(NCHW).
+    """
+
+    def __init__(self, num_features: int, *, eps: float = 1e-5) -> None:
+        check_num_features(num_features)
+        check_eps(eps)
+        super().__init__(num_features, eps=eps, affine=True, track_running_stats=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_input_2d(x, self.num_features, type(self).__name__)
+        return super().forward(x)
+
+
+@register_norm(
+    "layernorm",
+    aliases=("ln",),
+    batch_independent=True,
+    paper="Ba et al., Layer Normalization, 2016",
+)
+class LayerNorm2d(nn.GroupNorm):
+    """Layer Normalization (Ba et al., 2016) on feature maps: per sample, statistics over (C, H, W).
+
+    ``y = (x - mu_n) / sqrt(var_n + eps) * gamma_c + beta_c``, biased variance, **per-channel** affine (not
+    per element as ``nn.LayerNorm((C, H, W))``), i.e. GroupNorm with one group. Train and eval are identical.
+    Shapes: ``(N, C, H, W)`` in and out, affine ``(C,)``. Cost: O(NCHW).
+    """
+
+    def __init__(self, num_features: int, *, eps: float = 1e-5) -> None:
+        check_num_features(num_features)
+        check_eps(eps)
+        super().__init__(1, num_features, eps=eps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_input_2d(x, self.num_channels, type(self).__name__)
+        return super().forward(x)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_channels}, eps={self.eps}"
+
+
+@register_norm(
+    "positionalnorm",
+    aliases=("pn",),
+    batch_independent=True,
+    paper="Li et al., Positional Normalization, NeurIPS 2019",
+)
+class PositionalNorm(nn.Module):
+    """Positional Normalization (Li et al., 2019): per sample and position (h, w), statistics over channels.
+
+    ``y = (x - mu_{n,h,w}) / sqrt(var_{n,h,w} + eps) * gamma_c + beta_c``, mean and biased variance over the C
+    values at one position, per-channel affine. Train and eval are identical. With C = 1 every output is
+    ``beta``. Shapes: ``(N, C, H, W)`` in and out, affine ``(C,)``. Cost: O(NCHW).
+    """
+
+    def __init__(self, num_features: int, *, eps: float = 1e-5) -> None:
+        super().__init__()
+        check_num_features(num_features)
+        check_eps(eps)
+        self.num_features = num_features
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(num_features))
+        self.bias = nn.Parameter(torch.zeros(num_features))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_input_2d(x, self.num_features, type(self).__name__)
+        var, mean = torch.var_mean(x, dim=1, correction=0, keepdim=True)
+        x_hat = (x - mean) * torch.rsqrt(var + self.eps)
+        return x_hat * self.weight[:, None, None] + self.bias[:, None, None]
+
+    def extra_repr(self) -> str:
+        return f"{self.num_features}, eps={self.eps}"

@@ -1,0 +1,116 @@
+"""Labelled image containers: ``ImageSet`` (one split) and ``DatasetBundle`` (a data set's train and test splits).
+
+Images are stored as uint8 tensors (N, C, H, W) in [0, 255], the form every source (embedded generators, torchvision
+data sets, image folders) can produce exactly; ``ImageSet.as_float`` gives the float32 [0, 1] pixel space that the
+corruptions and models use. ``stratified_subset`` draws a seeded subset whose class proportions follow the full set.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class ImageSet:
+    """One split of a labelled image data set.
+
+    Attributes:
+        images: uint8 tensor (N, C, H, W), pixel values 0..255.
+        labels: int64 tensor (N,), class ids 0..num_classes-1.
+        name: human-readable name, by convention ``"<dataset>/<split>"``.
+        contexts: optional int64 tensor (N,) of context ids (e.g. CIFAR-100 superclass, day = 0 / night = 1).
+    """
+
+    images: Tensor
+    labels: Tensor
+    name: str
+    contexts: Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.images.dtype != torch.uint8 or self.images.dim() != 4:
+            raise ValueError(
+                f"ImageSet {self.name!r}: images must be a uint8 tensor (N, C, H, W), "
+                f"got dtype {self.images.dtype} with shape {tuple(self.images.shape)}"
+            )
+        count = self.images.shape[0]
+        for field, tensor in (("labels", self.labels), ("contexts", self.contexts)):
+            if tensor is None:
+                continue
+            if tensor.dtype != torch.int64 or tuple(tensor.shape) != (count,):
+                raise ValueError(
+                    f"ImageSet {self.name!r}: {field} must be an int64 tensor of shape ({count},), "
+                    f"got dtype {tensor.dtype} with shape {tuple(tensor.shape)}"
+                )
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def as_float(self) -> Tensor:
+        """Images as float32 (N, C, H, W) in [0, 1] (value / 255)."""
+        return self.images.to(torch.float32).div_(255.0)
+
+    def subset(self, indices: Tensor | Sequence[int]) -> ImageSet:
+        """The examples at ``indices`` (in that order), with their labels and contexts."""
+        index = torch.as_tensor(indices, dtype=torch.int64)
+        contexts = None if self.contexts is None else self.contexts[index]
+        return ImageSet(self.images[index], self.labels[index], self.name, contexts)
+
+
+@dataclass(frozen=True)
+class DatasetBundle:
+    """A data set's train and test splits and the facts a model needs about them.
+
+    Attributes:
+        name: the name it was loaded under (see ``list_datasets``).
+        train, test: the two splits; their images are (N, channels, image_size, image_size).
+        num_classes: number of classes (labels are 0..num_classes-1).
+        channels: 1 (grey) or 3 (RGB).
+        image_size: side of the square images in pixels.
+    """
+
+    name: str
+    train: ImageSet
+    test: ImageSet
+    num_classes: int
+    channels: int
+    image_size: int
+
+    def __post_init__(self) -> None:
+        expected = (self.channels, self.image_size, self.image_size)
+        for split in (self.train, self.test):
+            if tuple(split.images.shape[1:]) != expected:
+                raise ValueError(
+                    f"DatasetBundle {self.name!r}: split {split.name!r} has images of shape "
+                    f"{tuple(split.images.shape[1:])}, expected (channels, image_size, image_size) = {expected}"
+                )
+
+
+def stratified_subset(image_set: ImageSet, size: int, *, seed: int) -> ImageSet:
+    """A seeded subset of ``size`` examples whose class counts are proportional to the full set's.
+
+    Each class k with n_k of the N examples gets floor(size * n_k / N) places; the places left over go to the
+    classes with the largest remainders (ties: lower class id first). Within a class the examples are drawn
+    without replacement by a ``torch.Generator`` seeded with ``seed``; the result keeps the original order.
+    """
+    total = len(image_set)
+    if not 1 <= size <= total:
+        raise ValueError(f"subset size {size} of {image_set.name!r} is out of range: valid sizes are 1..{total}")
+    if size == total:
+        return image_set
+    classes, counts = torch.unique(image_set.labels, return_counts=True)
+    exact = counts.to(torch.float64) * size / total
+    quota = exact.floor().to(torch.int64)
+    leftover = size - int(quota.sum())
+    order = sorted(range(len(classes)), key=lambda k: (-(exact[k] - quota[k]).item(), k))
+    for k in order[:leftover]:
+        quota[k] += 1
+    generator = torch.Generator().manual_seed(seed)
+    chosen = []
+    for label, take in zip(classes.tolist(), quota.tolist()):
+        members = torch.nonzero(image_set.labels == label).flatten()
+        chosen.append(members[torch.randperm(len(members), generator=generator)[:take]])
+    return image_set.subset(torch.cat(chosen).sort().values)

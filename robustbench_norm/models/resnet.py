@@ -1,0 +1,171 @@
+"""Residual nets: the CIFAR ResNets of He et al. (resnet20, resnet32) and WideResNet-28-2 as used by AdaMatch.
+
+Both take ``norm_layer`` and call it at every place the original has a BatchNorm.
+"""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from robustbench_norm.models.base import NormLayer, check_geometry
+
+
+def conv3x3(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv2d:
+    """3x3 convolution, padding 1, no bias (a norm follows or precedes it)."""
+    return nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False)
+
+
+class ZeroPadShortcut(nn.Module):
+    """He et al.'s option-A shortcut: subsample by ``stride``, append zero channels up to ``out_channels``.
+
+    Shapes: (N, C, H, W) -> (N, out_channels, ceil(H / stride), ceil(W / stride)). No parameters.
+    """
+
+    def __init__(self, out_channels: int, stride: int) -> None:
+        super().__init__()
+        self.out_channels = out_channels
+        self.stride = stride
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x[:, :, :: self.stride, :: self.stride]
+        return F.pad(x, (0, 0, 0, 0, 0, self.out_channels - x.shape[1]))
+
+    def extra_repr(self) -> str:
+        return f"out_channels={self.out_channels}, stride={self.stride}"
+
+
+class BasicBlock(nn.Module):
+    """Post-activation residual block: relu(norm(conv(relu(norm(conv(x))))) + shortcut(x))."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int, norm_layer: NormLayer) -> None:
+        super().__init__()
+        self.conv1 = conv3x3(in_channels, out_channels, stride)
+        self.norm1 = norm_layer(out_channels)
+        self.conv2 = conv3x3(out_channels, out_channels)
+        self.norm2 = norm_layer(out_channels)
+        change = stride != 1 or in_channels != out_channels
+        self.shortcut = ZeroPadShortcut(out_channels, stride) if change else nn.Identity()
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = F.relu(self.norm1(self.conv1(x)))
+        out = self.norm2(self.conv2(out))
+        return F.relu(out + self.shortcut(x))
+
+
+class CIFARResNet(nn.Module):
+    """ResNet-(6n+2) for CIFAR (He et al. 2016, section 4.2): resnet20 is n=3, resnet32 is n=5.
+
+    conv3x3 16 -> 3 stages of n basic blocks with 16, 32, 64 channels (stride 2 at the start of stages 2 and
+    3) -> global average pool -> linear. Shortcuts are option A (identity, or subsample + zero channels when
+    the shape changes), as in the paper's CIFAR experiments, so every convolution is a 3x3 one followed by
+    the norm: 0.27 M (resnet20) and 0.46 M (resnet32) parameters. Convolutions use Kaiming-normal init.
+
+    Shapes: (N, in_channels, S, S) -> (N, num_classes), any S >= 1.
+    """
+
+    widths: tuple[int, int, int] = (16, 32, 64)
+
+    def __init__(
+        self, depth: int, num_classes: int, in_channels: int, image_size: int, norm_layer: NormLayer
+    ) -> None:
+        super().__init__()
+        if (depth - 2) % 6 or depth < 8:
+            raise ValueError(f"CIFAR ResNet depth must be 6n + 2 with n >= 1 (20, 32, ...), got {depth}")
+        check_geometry(f"resnet{depth}", num_classes=num_classes, in_channels=in_channels,
+                       image_size=image_size, min_image_size=1)
+        blocks_per_stage = (depth - 2) // 6
+        self.stem = nn.Sequential(conv3x3(in_channels, 16), norm_layer(16), nn.ReLU(inplace=True))
+        layers: list[nn.Module] = []
+        channels = 16
+        for stage, width in enumerate(self.widths):
+            for index in range(blocks_per_stage):
+                stride = 2 if stage > 0 and index == 0 else 1
+                layers.append(BasicBlock(channels, width, stride, norm_layer))
+                channels = width
+        self.stages = nn.Sequential(*layers)
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, num_classes))
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.stages(self.stem(x)))
+
+
+class WideBasicBlock(nn.Module):
+    """Pre-activation wide block of FixMatch/AdaMatch's WRN (leaky ReLU, slope 0.1).
+
+    ``a = lrelu(norm1(x))``; the shortcut input is ``a`` if ``activate_before_residual`` else ``x``;
+    ``out = conv2(lrelu(norm2(conv1(a)))) + shortcut``, where the shortcut is a 1x1 convolution (with the
+    block's stride) when the channel count changes and the identity otherwise.
+    """
+
+    def __init__(
+        self, in_channels: int, out_channels: int, stride: int, norm_layer: NormLayer,
+        activate_before_residual: bool,
+    ) -> None:
+        super().__init__()
+        self.norm1 = norm_layer(in_channels)
+        self.conv1 = conv3x3(in_channels, out_channels, stride)
+        self.norm2 = norm_layer(out_channels)
+        self.conv2 = conv3x3(out_channels, out_channels)
+        self.activate_before_residual = activate_before_residual
+        self.shortcut = (
+            nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False)
+            if in_channels != out_channels
+            else nn.Identity()
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        activated = F.leaky_relu(self.norm1(x), 0.1)
+        residual_input = activated if self.activate_before_residual else x
+        out = self.conv2(F.leaky_relu(self.norm2(self.conv1(activated)), 0.1))
+        return self.shortcut(residual_input) + out
+
+
+class WideResNet(nn.Module):
+    """WideResNet-depth-k in the form FixMatch and AdaMatch use (WRN-28-2: 1.47 M parameters for 10 classes).
+
+    conv3x3 16 -> 3 groups of (depth - 4) / 6 pre-activation wide blocks with 16k, 32k, 64k channels (stride 2
+    at the start of groups 2 and 3; the first block of group 1 activates before its shortcut) -> norm ->
+    leaky ReLU (0.1) -> global average pool -> linear. Kaiming-normal conv init, Xavier-normal linear init,
+    zero linear bias. The reference's BatchNorm momentum (0.001) is a property of the norm layer, not of the
+    net: a registered norm keeps its own defaults.
+
+    Shapes: (N, in_channels, S, S) -> (N, num_classes), any S >= 1.
+    """
+
+    def __init__(
+        self, depth: int, widen_factor: int, num_classes: int, in_channels: int, image_size: int,
+        norm_layer: NormLayer,
+    ) -> None:
+        super().__init__()
+        if (depth - 4) % 6 or depth < 10:
+            raise ValueError(f"WideResNet depth must be 6n + 4 with n >= 1 (10, 16, 28, ...), got {depth}")
+        check_geometry(f"wrn{depth}_{widen_factor}", num_classes=num_classes, in_channels=in_channels,
+                       image_size=image_size, min_image_size=1)
+        blocks_per_group = (depth - 4) // 6
+        self.stem = conv3x3(in_channels, 16)
+        layers: list[nn.Module] = []
+        channels = 16
+        for group in range(3):
+            width = 16 * widen_factor * 2**group
+            for index in range(blocks_per_group):
+                stride = 2 if group > 0 and index == 0 else 1
+                first = group == 0 and index == 0
+                layers.append(WideBasicBlock(channels, width, stride, norm_layer, activate_before_residual=first))
+                channels = width
+        self.groups = nn.Sequential(*layers)
+        self.final_norm = norm_layer(channels)
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, num_classes))
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="leaky_relu")
+            elif isinstance(module, nn.Linear):
+                nn.init.xavier_normal_(module.weight)
+                nn.init.zeros_(module.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.groups(self.stem(x))
+        return self.head(F.leaky_relu(self.final_norm(out), 0.1))

@@ -1,0 +1,157 @@
+"""The result row: one measurement in long format, and its CSV schema.
+
+Every number the benchmark produces is one :class:`ResultRow`: *what* was measured (the key: scenario,
+profile, data, model, norm and its kwargs, training variant, test-time mode, corruption and severity,
+training batch size, seed, metric) and *how* (value, number of test examples, status, device, package
+versions, git commit, checkpoint hash, wall-clock seconds). Long format keeps every scenario in one
+schema; tables are pivots of it (:mod:`robustbench_norm.results.summary`).
+
+CSV conventions (one header line = the field order of :class:`ResultRow`):
+
+* ``norm_kwargs`` is canonical JSON (``sort_keys``, ``", "``/``": "`` separators), so equal kwargs are
+  equal strings and can be part of the key;
+* ``corruption`` is ``"none"`` for clean data (severity 0);
+* ``value`` may be NaN (written ``nan``) for a row that could not be measured; ``status`` then says why
+  (``"not trainable: batch 2 < num_groups 4"``); a measured row has ``status == "ok"`` and a finite value;
+* floats are written with Python's shortest round-trip repr, so keys (severity) survive a round trip
+  exactly; no string column is ever read as missing (``"none"``, ``"NA"`` stay strings).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import astuple, dataclass, fields
+from pathlib import Path
+from typing import Any, Iterable, Mapping, TextIO
+
+import pandas as pd
+
+OK = "ok"
+CLEAN = "none"
+
+
+def canonical_kwargs(kwargs: Mapping[str, Any] | str) -> str:
+    """Canonical JSON of a kwargs mapping (or of a JSON object string): sorted keys, fixed separators."""
+    parsed = json.loads(kwargs) if isinstance(kwargs, str) else dict(kwargs)
+    if not isinstance(parsed, dict):
+        raise ValueError(f"norm_kwargs must be a JSON object, got {kwargs!r}")
+    return json.dumps(parsed, sort_keys=True, separators=(", ", ": "))
+
+
+@dataclass(frozen=True, kw_only=True)
+class ResultRow:
+    """One measurement (see the module docstring for the meaning and the CSV form of each field).
+
+    Keyword-only. ``norm_kwargs`` may be given as a mapping or a JSON string; it is stored
+    canonicalised. Numeric fields are coerced (``severity=1`` becomes ``1.0``). ``status`` defaults to
+    ``"ok"``. Invalid rows raise ``ValueError``.
+    """
+
+    scenario: str
+    profile: str
+    dataset: str
+    model: str
+    norm: str
+    norm_kwargs: str
+    variant: str
+    eval_mode: str
+    corruption: str
+    severity: float
+    train_batch_size: int
+    seed: int
+    metric: str
+    value: float
+    n_examples: int
+    status: str = OK
+    device: str
+    versions: str
+    git_commit: str
+    checkpoint_hash: str
+    wall_seconds: float
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__
+        set_(self, "norm_kwargs", canonical_kwargs(self.norm_kwargs))
+        for name in FLOAT_FIELDS:
+            set_(self, name, float(getattr(self, name)))
+        for name in INT_FIELDS:
+            set_(self, name, _as_int(name, getattr(self, name)))
+        for name in STRING_FIELDS:
+            value = getattr(self, name)
+            if not isinstance(value, str) or "\n" in value:
+                raise ValueError(f"{name} must be a one-line string, got {value!r}")
+        for name in ("scenario", "profile", "dataset", "model", "norm", "variant", "eval_mode",
+                     "corruption", "metric", "status"):
+            if not getattr(self, name):
+                raise ValueError(f"{name} must be a non-empty string")
+        if not math.isfinite(self.severity) or self.severity < 0:
+            raise ValueError(f"severity must be a finite number >= 0, got {self.severity}")
+        if self.corruption == CLEAN and self.severity != 0:
+            raise ValueError(f"corruption {CLEAN!r} (clean data) needs severity 0, got {self.severity}")
+        if self.status == OK and not math.isfinite(self.value):
+            raise ValueError(f"status 'ok' needs a finite value, got {self.value}; give the reason as status")
+        if self.n_examples < 0 or self.train_batch_size < 0:
+            raise ValueError(
+                f"n_examples and train_batch_size must be >= 0, got {self.n_examples}, {self.train_batch_size}"
+            )
+
+    @property
+    def key(self) -> tuple:
+        """The values of :data:`KEY_FIELDS`: what identifies this measurement."""
+        return tuple(getattr(self, name) for name in KEY_FIELDS)
+
+
+def _as_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or int(value) != value:
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    return int(value)
+
+
+COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(ResultRow))
+KEY_FIELDS: tuple[str, ...] = (
+    "scenario", "profile", "dataset", "model", "norm", "norm_kwargs", "variant", "eval_mode",
+    "corruption", "severity", "train_batch_size", "seed", "metric",
+)
+KEY_WITHOUT_SEED: tuple[str, ...] = tuple(name for name in KEY_FIELDS if name != "seed")
+FLOAT_FIELDS: tuple[str, ...] = ("severity", "value", "wall_seconds")
+INT_FIELDS: tuple[str, ...] = ("train_batch_size", "seed", "n_examples")
+STRING_FIELDS: tuple[str, ...] = tuple(n for n in COLUMNS if n not in FLOAT_FIELDS + INT_FIELDS)
+
+
+def coerce_frame(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with exactly :data:`COLUMNS`, in order, and the row schema's dtypes."""
+    missing = [name for name in COLUMNS if name not in frame.columns]
+    if missing:
+        raise ValueError(f"result table lacks column(s) {missing}; expected columns: {list(COLUMNS)}")
+    dtypes = {**{n: "float64" for n in FLOAT_FIELDS}, **{n: "int64" for n in INT_FIELDS},
+              **{n: str for n in STRING_FIELDS}}
+    return frame.loc[:, list(COLUMNS)].astype(dtypes).reset_index(drop=True)
+
+
+def rows_to_frame(rows: Iterable[ResultRow]) -> pd.DataFrame:
+    """A DataFrame with one line per row and the schema's columns and dtypes (empty input: empty table)."""
+    return coerce_frame(pd.DataFrame([astuple(row) for row in rows], columns=list(COLUMNS)))
+
+
+def frame_to_rows(frame: pd.DataFrame) -> list[ResultRow]:
+    """The rows of a result table (inverse of :func:`rows_to_frame`)."""
+    frame = coerce_frame(frame)
+    return [ResultRow(**record) for record in frame.to_dict(orient="records")]
+
+
+def write_frame_csv(frame: pd.DataFrame, handle: TextIO) -> None:
+    """Write a result table as CSV (header = :data:`COLUMNS`, NaN as ``nan``, floats round-trip exact)."""
+    coerce_frame(frame).to_csv(handle, index=False, na_rep="nan", lineterminator="\n")
+
+
+def read_frame_csv(path: Path | str) -> pd.DataFrame:
+    """Read a CSV written by :func:`write_frame_csv`; no string is read as missing, only ``nan`` floats."""
+    frame = pd.read_csv(
+        path,
+        dtype={**{n: str for n in STRING_FIELDS}, **{n: "float64" for n in FLOAT_FIELDS},
+               **{n: "int64" for n in INT_FIELDS}},
+        keep_default_na=False,
+        na_values={name: ["nan", "NaN"] for name in FLOAT_FIELDS},
+    )
+    return coerce_frame(frame)

@@ -1,0 +1,163 @@
+"""The leaderboard store: one CSV of result rows per (profile, scenario), merged by key, written atomically.
+
+Layout: ``<results_dir>/<profile>/<scenario>.csv`` (schema: :mod:`robustbench_norm.results.rows`).
+
+Merge rule. :meth:`ResultStore.write` replaces the stored rows whose :data:`KEY_FIELDS` equal a new row's
+key and keeps every other row, so ``pytest suites/ --norm=lcn`` rewrites the ``lcn`` rows and never loses
+another norm's. Rows are kept sorted by the key fields (a stable sort), so a re-run shows as a small diff.
+
+Concurrency and atomicity. Read-merge-write runs under an exclusive ``fcntl.flock`` on a sibling lock
+file (``.<scenario>.csv.lock``), so two processes (``pytest -n 2``) that write the same table serialise
+instead of losing each other's rows. The new table is written to a temporary file in the same folder and
+moved over the old one with ``os.replace``: a reader sees either the old or the new table, and a failure
+mid-write leaves the old file untouched and no temporary file behind. The lock file is removed on release;
+a process that waited on a removed lock file notices (inode check) and locks the new one, so removal is
+safe. POSIX only (``fcntl``).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import re
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Callable, Iterable, Iterator, Sequence
+
+import pandas as pd
+
+import robustbench_norm
+from robustbench_norm.results.rows import (
+    COLUMNS,
+    KEY_FIELDS,
+    ResultRow,
+    coerce_frame,
+    read_frame_csv,
+    rows_to_frame,
+    write_frame_csv,
+)
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+=-]*$")
+
+
+def default_results_dir() -> Path:
+    """``<checkout>/leaderboards`` when the package runs from a source checkout, else ``./leaderboards``."""
+    checkout = Path(robustbench_norm.__file__).resolve().parents[1]
+    base = checkout if (checkout / "pyproject.toml").is_file() else Path.cwd()
+    return base / "leaderboards"
+
+
+def check_name(kind: str, value: str) -> str:
+    """``value`` if it is safe as one path component (letters, digits, ``_ . + = -``), else ``ValueError``."""
+    if not isinstance(value, str) or not _NAME.match(value):
+        raise ValueError(
+            f"{kind} {value!r} cannot be used in a file name; use letters, digits and '_ . + = -' "
+            "(not starting with a punctuation mark)"
+        )
+    return value
+
+
+@contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``path``'s sibling lock file ``.<name>.lock`` (blocks until free)."""
+    lock_path = path.parent / f".{path.name}.lock"
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        descriptor = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        try:
+            current = os.stat(lock_path).st_ino
+        except FileNotFoundError:
+            current = None
+        if current == os.fstat(descriptor).st_ino:
+            break  # we hold the lock file that is still in place
+        os.close(descriptor)  # its holder removed it while we waited: lock the new one
+    try:
+        yield
+    finally:
+        lock_path.unlink(missing_ok=True)
+        os.close(descriptor)
+
+
+def atomic_write(path: Path, write: Callable[[IO], None], *, binary: bool = False) -> None:
+    """Create or replace ``path`` with what ``write(handle)`` writes, atomically (temp file + ``os.replace``)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(descriptor, "wb" if binary else "w", **({} if binary else {"newline": ""})) as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp_name, path)
+    except BaseException:
+        Path(temp_name).unlink(missing_ok=True)
+        raise
+
+
+def merge_by_key(existing: pd.DataFrame, new: pd.DataFrame, key: Sequence[str]) -> pd.DataFrame:
+    """``existing`` without the rows whose ``key`` occurs in ``new``, plus ``new``, stably sorted by ``key``.
+
+    Two rows of ``new`` with the same key are a caller error (``ValueError`` naming the key).
+    """
+    key = list(key)
+    duplicated = new.duplicated(subset=key, keep=False)
+    if duplicated.any():
+        first = new.loc[duplicated, key].iloc[0].to_dict()
+        raise ValueError(f"{int(duplicated.sum())} new rows share a key, e.g. {first}; each key may occur once")
+    replaced = pd.MultiIndex.from_frame(existing[key]).isin(pd.MultiIndex.from_frame(new[key]))
+    kept = existing.loc[~replaced]
+    merged = pd.concat([kept, new], ignore_index=True) if len(kept) else new.copy()
+    return merged.sort_values(key, kind="mergesort").reset_index(drop=True)
+
+
+def is_result_csv(path: Path) -> bool:
+    """Whether ``path`` is a CSV of result rows (its header is exactly the schema's columns)."""
+    with open(path, encoding="utf-8") as handle:
+        return handle.readline().rstrip("\r\n") == ",".join(COLUMNS)
+
+
+class ResultStore:
+    """Result CSVs under ``root`` (``<root>/<profile>/<scenario>.csv``); see the module docstring."""
+
+    def __init__(self, results_dir: Path | str) -> None:
+        self.root = Path(results_dir)
+
+    def __repr__(self) -> str:
+        return f"ResultStore({str(self.root)!r})"
+
+    def path(self, profile: str, scenario: str) -> Path:
+        """The CSV file of ``(profile, scenario)``."""
+        return self.root / check_name("profile", profile) / f"{check_name('scenario', scenario)}.csv"
+
+    @staticmethod
+    def frame(rows: Iterable[ResultRow]) -> pd.DataFrame:
+        """The rows as a result table (schema columns and dtypes)."""
+        return rows_to_frame(rows)
+
+    def write(self, rows: Iterable[ResultRow]) -> list[Path]:
+        """Merge ``rows`` into their tables (grouped by profile and scenario); returns the files written."""
+        frame = rows_to_frame(rows)
+        written = []
+        for (profile, scenario), group in frame.groupby(["profile", "scenario"], sort=False):
+            path = self.path(profile, scenario)
+            with locked(path):
+                merged = merge_by_key(self._read_path(path), group, KEY_FIELDS)
+                atomic_write(path, lambda handle: write_frame_csv(merged, handle))
+            written.append(path)
+        return written
+
+    def read(self, profile: str, scenario: str) -> pd.DataFrame:
+        """The table of ``(profile, scenario)``; an empty table with the schema's columns if there is none."""
+        return self._read_path(self.path(profile, scenario))
+
+    def tables(self) -> list[tuple[str, str]]:
+        """Every ``(profile, scenario)`` with a result CSV under ``root`` (other CSVs, e.g. summaries, skipped)."""
+        return sorted((p.parent.name, p.stem) for p in self.root.glob("*/*.csv")
+                      if _NAME.match(p.parent.name) and _NAME.match(p.stem) and is_result_csv(p))
+
+    @staticmethod
+    def _read_path(path: Path) -> pd.DataFrame:
+        if not path.is_file():
+            return coerce_frame(pd.DataFrame(columns=list(COLUMNS)))
+        return read_frame_csv(path)

@@ -1,0 +1,55 @@
+"""The one place for training hyper-parameters (DomainBed's convention).
+
+Scenario profiles (``robustbench_norm.profiles``) pick values from here or override a few fields with
+``dataclasses.replace``; no other module hard-codes a learning rate, a batch size or a schedule. Every field
+is part of the checkpoint-cache key, so changing one retrains.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Supervised training: cross-entropy, mini-batch SGD with momentum (or Adam), cosine learning-rate decay."""
+
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    schedule: Literal["cosine", "constant"] = "cosine"
+    eval_batch_size: int = 256
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class AdaMatchConfig:
+    """AdaMatch (Berthelot et al., ICLR 2022) with the defaults of the authors' reference implementation.
+
+    lr decays as ``lr * cos(arccos(lr_final_fraction) * t)`` over training progress t in [0, 1]; the unlabeled
+    loss weight warms up as ``1/2 - 1/2 cos(pi t / warmup_fraction)`` and stays 1 after ``warmup_fraction``;
+    ``weight_decay`` is the coefficient of ``1/2 sum ||w||^2`` (identical to SGD's weight decay).
+    """
+
+    epochs: int = 10
+    source_batch_size: int = 64
+    uratio: int = 3
+    lr: float = 0.03
+    lr_final_fraction: float = 0.25
+    momentum: float = 0.9
+    weight_decay: float = 1e-3
+    confidence: float = 0.9
+    ema_momentum: float = 0.999
+    source_distribution_momentum: float = 0.999
+    target_distribution_window: int = 128
+    warmup_fraction: float = 0.5
+    eval_batch_size: int = 256
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
