@@ -14,7 +14,6 @@ bfloat16 batches get noise with the full-precision distribution and are rounded 
 
 from __future__ import annotations
 
-import math
 from numbers import Real
 
 import torch
@@ -46,7 +45,7 @@ def check_severity(severity: object, corruption: str, symbol: str, max_severity:
     if isinstance(severity, bool) or not isinstance(severity, Real):
         raise ValueError(f"{corruption}: severity ({symbol}) must be {valid}, got {severity!r}")
     value = float(severity)
-    if not math.isfinite(value) or not 0.0 <= value <= max_severity:
+    if not 0.0 <= value <= max_severity:  # also rejects nan and +-inf (max_severity is finite)
         raise ValueError(f"{corruption}: severity ({symbol}) must be {valid}, got {severity!r}")
     return value
 

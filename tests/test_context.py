@@ -23,9 +23,10 @@ def _randomised(layer: torch.nn.Module, seed: int = 0, mean_spread: float = 1.5)
     """Give every parameter random values so that the contexts differ clearly."""
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for name, parameter in layer.named_parameters():
+        for parameter in layer.parameters():
             parameter.copy_(0.5 * torch.randn(parameter.shape, generator=generator, dtype=parameter.dtype))
-        layer.mean_head.bias.add_(mean_spread * torch.randn(layer.num_features, generator=generator).to(layer.mean_head.bias))
+        spread = mean_spread * torch.randn(layer.num_features, generator=generator)
+        layer.mean_head.bias.add_(spread.to(layer.mean_head.bias))
     return layer
 
 
@@ -51,17 +52,13 @@ def _reference_context_statistics(layer: torch.nn.Module) -> tuple[list[list[flo
     return means, variances
 
 
-def _feature_index(index: tuple[int, ...], feature_axis: int) -> int:
-    return index[feature_axis]
-
-
 def _reference_cn(x: torch.Tensor, ids: list[int], layer: torch.nn.Module, feature_axis: int) -> torch.Tensor:
     """Eq. (8) element by element."""
     means, variances = _reference_context_statistics(layer)
     out = torch.empty_like(x)
     for index in torch.cartesian_prod(*[torch.arange(s) for s in x.shape]).tolist():
         index = tuple(index)
-        r, f = ids[index[0]], _feature_index(index, feature_axis)
+        r, f = ids[index[0]], index[feature_axis]
         out[index] = (x[index].item() - means[r][f]) / math.sqrt(variances[r][f] + EPS)
     return out
 
@@ -262,7 +259,9 @@ def test_ids_are_required_with_a_how_to_message() -> None:
 
 
 def test_use_context_nests_and_restores() -> None:
-    model = torch.nn.Sequential(ContextNorm2d(3, num_contexts=3), torch.nn.Conv2d(3, 4, 1), ContextNorm2d(4, num_contexts=3))
+    model = torch.nn.Sequential(
+        ContextNorm2d(3, num_contexts=3), torch.nn.Conv2d(3, 4, 1), ContextNorm2d(4, num_contexts=3)
+    )
     outer, inner = torch.tensor([0, 1]), torch.tensor([2, 2])
     with use_context(model, outer):
         assert all(layer.context_ids is outer for layer in context_layers(model))
@@ -321,7 +320,8 @@ def test_bad_num_features_and_inputs_raise() -> None:
     with pytest.raises(ValueError, match="num_features.*0"):
         ContextNorm2d(0)
     layer, patches = ContextNorm2d(3), ContextNormPatches(8)
-    with use_context(layer, torch.tensor([0, 1])), pytest.raises(ValueError, match=r"\(N, C, H, W\).*\(2, 4, 5, 5\)"):
+    ids = torch.tensor([0, 1])
+    with use_context(layer, ids), pytest.raises(ValueError, match=r"\(N, C, H, W\).*\(2, 4, 5, 5\)"):
         layer(torch.randn(2, 4, 5, 5))
     with use_context(layer, torch.tensor([0, 1])), pytest.raises(ValueError, match=r"\(2, 3, 5\)"):
         layer(torch.randn(2, 3, 5))
@@ -336,7 +336,8 @@ def test_state_dict_round_trip() -> None:
     x, ids = torch.randn(3, 3, 4, 4), torch.tensor([2, 1, 0])
     with use_context(source, ids), use_context(target, ids):
         torch.testing.assert_close(target(x), source(x), rtol=0, atol=0)
-    assert set(source.state_dict()) == {f"{m}.{p}" for m in ("embedder", "mean_head", "var_head") for p in ("weight", "bias")}
+    modules = ("embedder", "mean_head", "var_head")
+    assert set(source.state_dict()) == {f"{m}.{p}" for m in modules for p in ("weight", "bias")}
 
 
 def test_to_float64() -> None:

@@ -10,10 +10,20 @@ from torch import Tensor, nn
 
 from robustbench_norm.models.base import NormLayer, check_geometry
 
+LEAKY_SLOPE = 0.1
 
-def conv3x3(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv2d:
-    """3x3 convolution, padding 1, no bias (a norm follows or precedes it)."""
-    return nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False)
+
+def he_conv(
+    in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, negative_slope: float = 0.0
+) -> nn.Conv2d:
+    """Bias-free convolution ('same' padding for odd kernels) with Kaiming-normal (fan-out) weights.
+
+    ``negative_slope`` is that of the (leaky) ReLU the weights feed. Init is done here, per conv, so that
+    no architecture-wide init loop ever touches the parameters inside a norm layer.
+    """
+    conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride, padding=kernel_size // 2, bias=False)
+    nn.init.kaiming_normal_(conv.weight, a=negative_slope, mode="fan_out", nonlinearity="leaky_relu")
+    return conv
 
 
 class ZeroPadShortcut(nn.Module):
@@ -40,9 +50,9 @@ class BasicBlock(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, stride: int, norm_layer: NormLayer) -> None:
         super().__init__()
-        self.conv1 = conv3x3(in_channels, out_channels, stride)
+        self.conv1 = he_conv(in_channels, out_channels, 3, stride)
         self.norm1 = norm_layer(out_channels)
-        self.conv2 = conv3x3(out_channels, out_channels)
+        self.conv2 = he_conv(out_channels, out_channels, 3)
         self.norm2 = norm_layer(out_channels)
         change = stride != 1 or in_channels != out_channels
         self.shortcut = ZeroPadShortcut(out_channels, stride) if change else nn.Identity()
@@ -59,7 +69,7 @@ class CIFARResNet(nn.Module):
     conv3x3 16 -> 3 stages of n basic blocks with 16, 32, 64 channels (stride 2 at the start of stages 2 and
     3) -> global average pool -> linear. Shortcuts are option A (identity, or subsample + zero channels when
     the shape changes), as in the paper's CIFAR experiments, so every convolution is a 3x3 one followed by
-    the norm: 0.27 M (resnet20) and 0.46 M (resnet32) parameters. Convolutions use Kaiming-normal init.
+    the norm: 0.27 M (resnet20) and 0.46 M (resnet32) parameters. Convolutions use Kaiming-normal (fan-out) init.
 
     Shapes: (N, in_channels, S, S) -> (N, num_classes), any S >= 1.
     """
@@ -75,7 +85,7 @@ class CIFARResNet(nn.Module):
         check_geometry(f"resnet{depth}", num_classes=num_classes, in_channels=in_channels,
                        image_size=image_size, min_image_size=1)
         blocks_per_stage = (depth - 2) // 6
-        self.stem = nn.Sequential(conv3x3(in_channels, 16), norm_layer(16), nn.ReLU(inplace=True))
+        self.stem = nn.Sequential(he_conv(in_channels, 16, 3), norm_layer(16), nn.ReLU(inplace=True))
         layers: list[nn.Module] = []
         channels = 16
         for stage, width in enumerate(self.widths):
@@ -85,9 +95,6 @@ class CIFARResNet(nn.Module):
                 channels = width
         self.stages = nn.Sequential(*layers)
         self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, num_classes))
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.stages(self.stem(x)))
@@ -107,20 +114,20 @@ class WideBasicBlock(nn.Module):
     ) -> None:
         super().__init__()
         self.norm1 = norm_layer(in_channels)
-        self.conv1 = conv3x3(in_channels, out_channels, stride)
+        self.conv1 = he_conv(in_channels, out_channels, 3, stride, negative_slope=LEAKY_SLOPE)
         self.norm2 = norm_layer(out_channels)
-        self.conv2 = conv3x3(out_channels, out_channels)
+        self.conv2 = he_conv(out_channels, out_channels, 3, negative_slope=LEAKY_SLOPE)
         self.activate_before_residual = activate_before_residual
         self.shortcut = (
-            nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False)
+            he_conv(in_channels, out_channels, 1, stride, negative_slope=LEAKY_SLOPE)
             if in_channels != out_channels
             else nn.Identity()
         )
 
     def forward(self, x: Tensor) -> Tensor:
-        activated = F.leaky_relu(self.norm1(x), 0.1)
+        activated = F.leaky_relu(self.norm1(x), LEAKY_SLOPE)
         residual_input = activated if self.activate_before_residual else x
-        out = self.conv2(F.leaky_relu(self.norm2(self.conv1(activated)), 0.1))
+        out = self.conv2(F.leaky_relu(self.norm2(self.conv1(activated)), LEAKY_SLOPE))
         return self.shortcut(residual_input) + out
 
 
@@ -146,7 +153,7 @@ class WideResNet(nn.Module):
         check_geometry(f"wrn{depth}_{widen_factor}", num_classes=num_classes, in_channels=in_channels,
                        image_size=image_size, min_image_size=1)
         blocks_per_group = (depth - 4) // 6
-        self.stem = conv3x3(in_channels, 16)
+        self.stem = he_conv(in_channels, 16, 3, negative_slope=LEAKY_SLOPE)
         layers: list[nn.Module] = []
         channels = 16
         for group in range(3):
@@ -158,14 +165,11 @@ class WideResNet(nn.Module):
                 channels = width
         self.groups = nn.Sequential(*layers)
         self.final_norm = norm_layer(channels)
-        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, num_classes))
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="leaky_relu")
-            elif isinstance(module, nn.Linear):
-                nn.init.xavier_normal_(module.weight)
-                nn.init.zeros_(module.bias)
+        classifier = nn.Linear(channels, num_classes)
+        nn.init.xavier_normal_(classifier.weight)
+        nn.init.zeros_(classifier.bias)
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), classifier)
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.groups(self.stem(x))
-        return self.head(F.leaky_relu(self.final_norm(out), 0.1))
+        return self.head(F.leaky_relu(self.final_norm(out), LEAKY_SLOPE))

@@ -226,7 +226,7 @@ def context_norm_plus(
     log_density = -0.5 * (torch.log(2 * math.pi * scale2) + (xs - mu) ** 2 / scale2)
     log_tau = torch.log_softmax(log_density, dim=0)  # uniform priors 1/T cancel
     batch_dims = [d for d in range(1, xs.dim()) if d != 1 + feature_axis]
-    tau_hat = torch.exp(log_tau - math.log(x.numel() / num_features))
+    tau_hat = torch.exp(log_tau - torch.logsumexp(log_tau, dim=batch_dims, keepdim=True))
     centred = xs - (tau_hat * xs).sum(batch_dims, keepdim=True)
     weighted_var = (tau_hat * centred**2).sum(batch_dims, keepdim=True)
     normalised = centred * torch.rsqrt(weighted_var + eps)

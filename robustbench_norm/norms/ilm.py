@@ -37,7 +37,7 @@ Paper vs code (and our choices):
 * Gradients flow through all statistics (nothing detached), as in the code.
 
 Shapes: input and output (N, C, H, W). Cost: O(N C H W) for the statistics and the output, plus
-O(N D M) for the auto-encoder; 2 D M + 2 C parameters.
+O(N D M) for the auto-encoder; 3 D M + 2 C parameters.
 """
 
 from __future__ import annotations

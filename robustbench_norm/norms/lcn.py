@@ -1,1 +1,361 @@
-"""(being written)"""
+"""Local Context Normalization (Ortiz et al., CVPR 2020): group statistics over a sliding spatial window.
+
+Method. Split the C channels into G = C / g groups of ``g = channels_per_group`` consecutive channels. For
+sample n, group k and pixel (r, c), the statistics come from the g x P x Q block of values of group k in the
+window ``rows(r) x cols(c)``, with ``P = min(p, H)`` and ``Q = min(q, W)`` for a requested window (p, q)::
+
+    mu    = (1 / m) * sum_{window} x,            m = g * P * Q
+    var   = (1 / m) * sum_{window} (x - mu)^2    (biased)
+    y     = (x - mu) / sqrt(var + eps) * gamma_c + beta_c
+
+Window rule. The window always has the full size P x Q. It is centred on the pixel where the map allows,
+with the extra row (column) of an even window *below* (right of) the pixel, PyTorch's ``padding="same"``
+convention: ``rows(r) = [s, s + P)`` with ``s = clamp(r - (P - 1) // 2, 0, H - P)``. Near a border the window is
+shifted to stay inside the map (clamped, never truncated), so every statistic counts exactly m values.
+Consequences: ``p >= H`` alone makes every window span all rows, and ``p >= H, q >= W`` is exactly GroupNorm
+with C / g groups; ``g = 1`` with a full window is InstanceNorm, ``g = C`` is LayerNorm (GroupNorm with one
+group). Statistics are per sample, so the layer is batch independent and identical in train and eval mode.
+
+Cost. The window sums come from summed-area tables (cumulative sums), as the paper proposes: the sums of the
+H - P + 1 distinct row windows are differences of a cumulative sum over rows, the clamped border windows are
+copies of the first and last one (replicate padding), and the same is done over columns. Time and memory are
+O(N C H W), independent of the window. The backward pass is written out (a custom autograd function): the
+adjoint of a clamped box sum is a fold of the border rows onto the first and last window (adjoint of
+replicate padding) followed by a "full" box sum, again two cumulative sums. The work runs in batch chunks of
+about ``_CHUNK_ELEMENTS`` values so that the temporaries stay in cache; only the output and the input
+gradient are full-size allocations, as in GroupNorm.
+
+Numerics. Single-pass variance from window sums cancels badly in float32 (the authors' code loses the
+variance of small windows at an input offset of +100). Here each (sample, group) is first shifted by its
+mean, and the per-pixel group sums, the summed-area tables, mean and variance are computed in float64; the
+normalised output is then formed in the input dtype from the shifted input. The output of a float32 input
+then agrees with a float64 evaluation of the same input to about 1e-4 for every window, 1 x 1 included.
+
+Differences from the authors' code (anthonymlortiz/lcn): statistics are not detached (full gradient), no
+pixel is left out of the statistics (their integral image skips row 0 and column 0), odd windows are centred
+(theirs are shifted one pixel down-right), the input is never written in place, and windows as large as
+the map in one dimension stay local in the other (theirs falls back to an unbiased-variance GroupNorm).
+
+Shapes: input and output ``(N, C, H, W)``; ``weight`` and ``bias`` ``(C,)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.autograd.function import once_differentiable
+
+from robustbench_norm.norms.registry import register_norm
+from robustbench_norm.norms.standard import check_eps, check_input_2d, check_num_features
+
+# Values per batch chunk: the float64 temporaries of one chunk (a few MB) stay in cache.
+_CHUNK_ELEMENTS = 1 << 20
+_STATS_DTYPE = torch.float64
+
+
+@dataclass(frozen=True)
+class _Axis:
+    """Window geometry along one spatial axis: map size and window length ``min(requested, size)``."""
+
+    size: int
+    window: int
+
+    @property
+    def before(self) -> int:
+        """Pixels of the window before the centre pixel ((window - 1) // 2; the extra one goes after)."""
+        return (self.window - 1) // 2
+
+    @property
+    def positions(self) -> int:
+        """Number of distinct window positions inside the map."""
+        return self.size - self.window + 1
+
+    @property
+    def full(self) -> bool:
+        """The window spans the whole axis: one statistic for the axis, kept as a broadcast dimension."""
+        return self.window == self.size
+
+
+def _window_sums(s: torch.Tensor, dim: int, window: int, pad: int) -> torch.Tensor:
+    """Sums of ``window`` consecutive values along ``dim`` of ``s`` zero-padded by ``pad`` at both ends.
+
+    Output length ``size + 2 * pad - window + 1``, from one cumulative sum (a summed-area table along ``dim``).
+    """
+    size = s.shape[dim]
+    if window == 1 and pad == 0:
+        return s
+    if window == size and pad == 0:
+        return s.sum(dim, keepdim=True)
+    shape = list(s.shape)
+    shape[dim] = size + 2 * pad + 1
+    table = s.new_zeros(shape)
+    table.narrow(dim, pad + 1, size).copy_(s)
+    table.cumsum_(dim)
+    length = size + 2 * pad - window + 1
+    return table.narrow(dim, window, length) - table.narrow(dim, 0, length)
+
+
+def _box_sums(s: torch.Tensor, rows: _Axis, cols: _Axis) -> torch.Tensor:
+    """Clamped-window sums of ``s`` (B, H, W): the distinct windows, replicated onto the border pixels.
+
+    A full axis stays of length 1 (every pixel has the same window), to broadcast.
+    """
+    valid = _window_sums(_window_sums(s, 1, rows.window, 0), 2, cols.window, 0)
+    pad_rows = (0, 0) if rows.full else (rows.before, rows.size - rows.positions - rows.before)
+    pad_cols = (0, 0) if cols.full else (cols.before, cols.size - cols.positions - cols.before)
+    if pad_rows == (0, 0) and pad_cols == (0, 0):
+        return valid
+    return F.pad(valid, (*pad_cols, *pad_rows), mode="replicate")
+
+
+def _fold_border(a: torch.Tensor, dim: int, axis: _Axis) -> torch.Tensor:
+    """Adjoint of the replicate padding of :func:`_box_sums` along ``dim``: border values add onto the edges."""
+    if axis.positions == axis.size:
+        return a
+    if axis.full:
+        return a.sum(dim, keepdim=True)
+    out = a.narrow(dim, axis.before, axis.positions).clone()
+    after = axis.size - axis.positions - axis.before
+    if axis.before:
+        out.narrow(dim, 0, 1).add_(a.narrow(dim, 0, axis.before).sum(dim, keepdim=True))
+    if after:
+        out.narrow(dim, -1, 1).add_(a.narrow(dim, axis.size - after, after).sum(dim, keepdim=True))
+    return out
+
+
+def _box_sums_adjoint(a: torch.Tensor, rows: _Axis, cols: _Axis) -> torch.Tensor:
+    """Adjoint of :func:`_box_sums` on (B, H, W): at each pixel, the sum of ``a`` over the outputs whose window
+    contains it. Per axis: fold the border outputs onto the first/last window, then a zero-padded ("full")
+    window sum. A full axis comes out of length 1 (the same sum for every pixel).
+    """
+    for dim, axis in ((1, rows), (2, cols)):
+        folded = _fold_border(a, dim, axis)
+        a = folded if axis.full else _window_sums(folded, dim, axis.window, axis.window - 1)
+    return a
+
+
+def _chunks(batch: int, per_sample: int) -> list[tuple[int, int]]:
+    """(start, stop) sample ranges of about ``_CHUNK_ELEMENTS`` values each."""
+    step = max(1, _CHUNK_ELEMENTS // max(per_sample, 1))
+    return [(i, min(i + step, batch)) for i in range(0, batch, step)]
+
+
+def _statistics(
+    xs: torch.Tensor, rows: _Axis, cols: _Axis, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Window mean and 1 / sqrt(var + eps) in float64 for shifted input ``xs`` (n, G, g, H, W).
+
+    Returns tensors of shape (n, G, 1, H or 1, W or 1).
+    """
+    n, groups, per_group, height, width = xs.shape
+    xs64 = xs.to(_STATS_DTYPE, copy=True)
+    sums = xs64.new_empty(2, n, groups, height, width)
+    torch.sum(xs64, 2, out=sums[0])
+    torch.sum(xs64.square_(), 2, out=sums[1])
+    box = _box_sums(sums.view(-1, height, width), rows, cols)
+    box = box.view(2, n, groups, 1, *box.shape[-2:])
+    count = per_group * rows.window * cols.window
+    mean = box[0] / count
+    var = (box[1] / count).sub_(mean.square()).clamp_min_(0.0)
+    return mean, var.add_(eps).rsqrt_()
+
+
+class _LocalContextNormFunction(torch.autograd.Function):
+    """y = (x - mu) * rstd * weight + bias with window statistics; explicit, chunked backward."""
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        x: torch.Tensor,
+        weight: torch.Tensor | None,
+        bias: torch.Tensor | None,
+        groups: int,
+        rows: _Axis,
+        cols: _Axis,
+        eps: float,
+    ) -> torch.Tensor:
+        batch, channels, height, width = x.shape
+        shape5 = (groups, channels // groups, height, width)
+        w5 = None if weight is None else weight.view(1, *shape5[:2], 1, 1)
+        b5 = None if bias is None else bias.view(1, *shape5[:2], 1, 1)
+        y = torch.empty_like(x)
+        saved = []
+        for start, stop in _chunks(batch, channels * height * width):
+            xv = x[start:stop].view(-1, *shape5)
+            shift = xv.mean(dim=(2, 3, 4), keepdim=True)
+            xs = xv - shift
+            mean64, rstd64 = _statistics(xs, rows, cols, eps)
+            mean, rstd = mean64.to(x.dtype), rstd64.to(x.dtype)
+            x_hat = xs.sub_(mean).mul_(rstd)
+            out = y[start:stop].view_as(xv)
+            if w5 is None:
+                out.copy_(x_hat)
+            else:
+                torch.addcmul(b5, x_hat, w5, out=out)
+            saved += [shift, mean, rstd]
+        ctx.save_for_backward(x, weight, *saved)
+        ctx.setup = (groups, rows, cols)
+        ctx.has_bias = bias is not None
+        return y
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad_y: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        x, weight, *saved = ctx.saved_tensors
+        groups, rows, cols = ctx.setup
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        batch, channels, height, width = x.shape
+        shape5 = (groups, channels // groups, height, width)
+        w5 = None if weight is None else weight.view(1, *shape5[:2], 1, 1)
+        count = shape5[1] * rows.window * cols.window
+        grad_y = grad_y.contiguous()
+        grad_x = torch.empty_like(x) if need_x else None
+        grad_w = torch.zeros(shape5[:2], dtype=x.dtype, device=x.device) if need_w else None
+        grad_b = torch.zeros(shape5[:2], dtype=x.dtype, device=x.device) if need_b else None
+        for i, (start, stop) in enumerate(_chunks(batch, channels * height * width)):
+            shift, mean, rstd = saved[3 * i : 3 * i + 3]
+            xv = x[start:stop].view(-1, *shape5)
+            gy = grad_y[start:stop].view_as(xv)
+            x_hat = (xv - shift).sub_(mean).mul_(rstd)
+            if need_w:
+                grad_w += (gy * x_hat).sum(dim=(0, 3, 4))
+            if need_b:
+                grad_b += gy.sum(dim=(0, 3, 4))
+            if need_x:
+                g_hat = gy if w5 is None else gy * w5
+                _input_grad(g_hat, x_hat, mean, rstd, rows, cols, count, grad_x[start:stop].view_as(xv))
+        grad_w = None if grad_w is None else grad_w.view(-1)
+        grad_b = None if grad_b is None else grad_b.view(-1)
+        return grad_x, grad_w, grad_b, None, None, None, None
+
+
+def _input_grad(
+    g_hat: torch.Tensor,
+    x_hat: torch.Tensor,
+    mean: torch.Tensor,
+    rstd: torch.Tensor,
+    rows: _Axis,
+    cols: _Axis,
+    count: int,
+    out: torch.Tensor,
+) -> None:
+    """Write dL/dx into ``out`` for one chunk, given dL/dx_hat = ``g_hat`` (all (n, G, g, H, W)).
+
+    With a_i = rstd_i / m * sum_group g_hat_i and b_i = rstd_i^2 / m * sum_group g_hat_i * x_hat_i per pixel i,
+    dL/dx_k = g_hat_k * rstd_k - sum_{i: k in window(i)} (a_i + b_i * (x_k - mu_i)). With x_k - mu_k =
+    x_hat_k / rstd_k this is ``g_hat * rstd + x_hat * P + Q`` with the two adjoint box sums
+    A = adj(a - b * mu), B = adj(b):  P = -B / rstd,  Q = -(A + mu * B).
+    """
+    n, groups, _, height, width = g_hat.shape
+    mean64, rstd64 = mean.to(_STATS_DTYPE), rstd.to(_STATS_DTYPE)
+    a = g_hat.sum(2, keepdim=True).to(_STATS_DTYPE).mul_(rstd64 / count)
+    b = (g_hat * x_hat).sum(2, keepdim=True).to(_STATS_DTYPE).mul_(rstd64.square() / count)
+    terms = torch.stack((a - b * mean64, b)).view(-1, height, width)
+    adj = _box_sums_adjoint(terms, rows, cols)
+    adj = adj.view(2, n, groups, 1, *adj.shape[-2:])
+    scale_x_hat = (adj[1] / rstd64).neg_().to(out.dtype)
+    offset = (adj[0] + mean64 * adj[1]).neg_().to(out.dtype)
+    torch.mul(g_hat, rstd, out=out)
+    out.addcmul_(x_hat, scale_x_hat).add_(offset)
+
+
+def _window_arg(window_size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
+    """(p, q) from an int or a pair of positive ints; anything else raises ValueError."""
+    pair = (window_size, window_size) if isinstance(window_size, int) else window_size
+    if (
+        not isinstance(pair, (tuple, list))
+        or len(pair) != 2
+        or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in pair)
+    ):
+        raise ValueError(
+            f"window_size={window_size!r} is invalid; valid: a positive int or a pair (p, q) of positive ints"
+        )
+    return int(pair[0]), int(pair[1])
+
+
+@register_norm(
+    "lcn",
+    batch_independent=True,
+    paper="Ortiz et al., Local Context Normalization, CVPR 2020",
+)
+class LocalContextNorm(nn.Module):
+    """Local Context Normalization (Ortiz et al., CVPR 2020): group statistics over a clamped p x q window.
+
+    ``y = (x - mu) / sqrt(var + eps) * gamma_c + beta_c`` where mu and the biased var of pixel (r, c) of
+    sample n are taken over the ``channels_per_group`` consecutive channels of its group and the full-size
+    ``min(p, H) x min(q, W)`` window centred on (r, c) (an even window extends one more pixel down/right),
+    shifted inward at the borders so that it never leaves the map. ``p >= H`` and ``q >= W`` is GroupNorm
+    with ``C / channels_per_group`` groups. Batch independent; train and eval are identical.
+
+    Args:
+        num_features: channels C.
+        channels_per_group: g, consecutive channels sharing statistics; must divide C (g = 1: local
+            InstanceNorm, g = C: local LayerNorm).
+        window_size: p or (p, q) = (rows, cols), positive ints. The default 227 is the authors' and
+            means GroupNorm on any map of at most 227 x 227.
+        eps: added to the variance inside the square root.
+        affine: learn per-channel ``weight`` (ones) and ``bias`` (zeros) of shape (C,).
+
+    Shapes: input and output ``(N, C, H, W)``. Cost: O(NCHW) time and memory for any window (summed-area
+    tables); statistics in float64 after a per-group shift (see the module docstring). Not twice
+    differentiable.
+    """
+
+    def __init__(
+        self,
+        num_features: int,
+        *,
+        channels_per_group: int = 2,
+        window_size: int | tuple[int, int] = 227,
+        eps: float = 1e-5,
+        affine: bool = True,
+    ) -> None:
+        super().__init__()
+        check_num_features(num_features)
+        check_eps(eps)
+        if (
+            isinstance(channels_per_group, bool)
+            or not isinstance(channels_per_group, int)
+            or channels_per_group < 1
+            or num_features % channels_per_group
+        ):
+            divisors = [d for d in range(1, num_features + 1) if num_features % d == 0]
+            raise ValueError(
+                f"channels_per_group={channels_per_group!r} must divide num_features={num_features}; "
+                f"valid: {divisors}"
+            )
+        if not isinstance(affine, bool):
+            raise ValueError(f"affine={affine!r} is invalid; valid: True or False")
+        self.num_features = num_features
+        self.channels_per_group = channels_per_group
+        self.window_size = _window_arg(window_size)
+        self.eps = float(eps)
+        self.affine = affine
+        if affine:
+            self.weight = nn.Parameter(torch.ones(num_features))
+            self.bias = nn.Parameter(torch.zeros(num_features))
+        else:
+            self.register_parameter("weight", None)
+            self.register_parameter("bias", None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_input_2d(x, self.num_features, type(self).__name__)
+        height, width = x.shape[-2:]
+        if height == 0 or width == 0:
+            raise ValueError(f"{type(self).__name__} needs H, W >= 1, got input of shape {tuple(x.shape)}")
+        rows = _Axis(height, min(self.window_size[0], height))
+        cols = _Axis(width, min(self.window_size[1], width))
+        groups = self.num_features // self.channels_per_group
+        return _LocalContextNormFunction.apply(
+            x.contiguous(), self.weight, self.bias, groups, rows, cols, self.eps
+        )
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.num_features}, channels_per_group={self.channels_per_group}, "
+            f"window_size={self.window_size}, eps={self.eps}, affine={self.affine}"
+        )

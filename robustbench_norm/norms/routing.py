@@ -48,7 +48,10 @@ class ContextConsumer(nn.Module):
 
 
 def check_context_ids(ids: object, batch_size: int, num_contexts: int) -> torch.Tensor:
-    """Return ``ids`` if it is an integer tensor of shape ``(batch_size,)`` with values in ``[0, num_contexts)``."""
+    """``ids`` if it is an integer tensor of shape ``(batch_size,)`` with values in ``[0, num_contexts)``.
+
+    Otherwise a ``ValueError`` naming the dtype, the shape or the out-of-range values.
+    """
     if not isinstance(ids, torch.Tensor) or ids.dtype not in _INTEGER_DTYPES:
         found = ids.dtype if isinstance(ids, torch.Tensor) else type(ids).__name__
         raise ValueError(f"context ids must be an integer tensor (torch.long), got {found}")

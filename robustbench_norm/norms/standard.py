@@ -69,7 +69,7 @@ def default_num_groups(num_features: int) -> int:
     """GroupNorm's default group count: ``min(32, C)``, lowered to the largest divisor of C below it.
 
     For every C <= 32 and every multiple of 32 this is exactly ``min(32, C)``; for other widths (e.g. C=48)
-    it is the largest divisor of C that is at most 32 (16 for C=48), so the default never fails.
+    it is the largest divisor of C that is at most 32 (24 for C=48), so the default never fails.
     """
     return max(g for g in range(1, min(32, num_features) + 1) if num_features % g == 0)
 

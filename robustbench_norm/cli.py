@@ -1,0 +1,147 @@
+"""Command line: ``robustbench-norm list | run | publish | compare``.
+
+* ``list``: registered norms with their spec flags, corruptions with severity grids, data sets, models;
+* ``run [pytest args...]``: runs ``python -m pytest <checkout>/suites ...`` with the arguments passed
+  through (``--norm=lcn -k noise``), printing the command first; exit code = pytest's;
+* ``publish [--results-dir DIR] [--out-dir DIR]``: markdown, HTML and plots for every result CSV;
+* ``compare A.csv B.csv [--metric accuracy] [--tolerance 0.02]``: the seed means of two result CSVs
+  joined on the key without seed; exit code 1 if any B < A - tolerance (higher is better), else 0.
+
+Heavy modules (torch, the norm registry) are imported inside the subcommand that needs them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+from typing import Sequence
+
+SUITES_DIRNAME = "suites"
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    import corruptions
+    from robustbench_norm.data import list_datasets
+    from robustbench_norm.models import list_models
+    from robustbench_norm.norms import get_norm, list_norms
+
+    print("norms:")
+    for name in list_norms():
+        spec = get_norm(name)
+        flags = [flag for flag in ("batch_stats_at_test", "batch_independent", "needs_context")
+                 if getattr(spec, flag)]
+        print(f"  {name:<22} placement={spec.placement:<6} eval_modes={','.join(spec.eval_modes):<36} "
+              f"{' '.join(flags) or '-'}  [{spec.source}]")
+    print("corruptions:")
+    for name in corruptions.list_corruptions():
+        corruption = corruptions.get_corruption(name)
+        grid = ", ".join(f"{s:g}" for s in corruption.severities)
+        print(f"  {corruption.name:<32} ({corruption.short_name})  severities: {grid}")
+    print("datasets:")
+    print("  " + ", ".join(list_datasets()))
+    print("models:")
+    print("  " + ", ".join(list_models()))
+    return 0
+
+
+def suites_dir() -> Path:
+    """The ``suites/`` folder of the checkout this package runs from (else ``./suites``)."""
+    import robustbench_norm
+
+    beside_package = Path(robustbench_norm.__file__).resolve().parents[1] / SUITES_DIRNAME
+    return beside_package if beside_package.is_dir() else Path(SUITES_DIRNAME)
+
+
+def _cmd_run(pytest_args: list[str]) -> int:
+    command = [sys.executable, "-m", "pytest", str(suites_dir()), *pytest_args]
+    print(shlex.join(command), flush=True)
+    return subprocess.call(command)
+
+
+def _cmd_publish(args: argparse.Namespace) -> int:
+    from robustbench_norm.results import default_results_dir, publish
+
+    results_dir = Path(args.results_dir) if args.results_dir else default_results_dir()
+    if not results_dir.is_dir():
+        print(f"error: results directory {results_dir} does not exist", file=sys.stderr)
+        return 2
+    written = publish(results_dir, args.out_dir)
+    for path in written:
+        print(path)
+    print(f"{len(written)} file(s) written", file=sys.stderr)
+    return 0
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from robustbench_norm.results import KEY_WITHOUT_SEED, read_frame_csv, summarize
+
+    if args.tolerance < 0:
+        print(f"error: --tolerance must be >= 0, got {args.tolerance}", file=sys.stderr)
+        return 2
+    frames = []
+    for path in (args.a, args.b):
+        if not Path(path).is_file():
+            print(f"error: {path} does not exist", file=sys.stderr)
+            return 2
+        frame = read_frame_csv(path)
+        frames.append(summarize(frame.loc[frame["metric"] == args.metric]))
+    key = list(KEY_WITHOUT_SEED)
+    joined = frames[0].merge(frames[1], on=key, how="outer", suffixes=("_a", "_b"), indicator=True)
+    both = joined.loc[joined["_merge"] == "both"].copy()
+    both["diff"] = both["value_mean_b"] - both["value_mean_a"]
+    both["verdict"] = [_verdict(a, b, args.tolerance) for a, b in zip(both["value_mean_a"], both["value_mean_b"])]
+    shown = [name for name in key if both[name].nunique() > 1] or ["norm"]
+    table = both[shown + ["value_mean_a", "value_mean_b", "diff", "n_seeds_a", "n_seeds_b", "verdict"]]
+    print(f"metric {args.metric}: A = {args.a}, B = {args.b}; regression if B < A - {args.tolerance:g}")
+    print(table.rename(columns={"value_mean_a": "A", "value_mean_b": "B"}).to_string(
+        index=False, float_format=lambda v: f"{v:.4f}") if len(table) else "no common measurements")
+    only = joined["_merge"].value_counts()
+    print(f"only in A: {only.get('left_only', 0)}, only in B: {only.get('right_only', 0)}")
+    regressions = int((both["verdict"] == "REGRESSION").sum())
+    print(f"{regressions} regression(s) of {len(both)} common measurement(s)")
+    return 1 if regressions else 0
+
+
+def _verdict(a: float, b: float, tolerance: float) -> str:
+    """"REGRESSION" when B < A - tolerance or B has no value where A has one; "ok" otherwise."""
+    if math.isnan(b):
+        return "ok" if math.isnan(a) else "REGRESSION"
+    return "REGRESSION" if not math.isnan(a) and b < a - tolerance else "ok"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``robustbench-norm``."""
+    parser = argparse.ArgumentParser(prog="robustbench-norm",
+                                     description="Robustness benchmark for normalization layers.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("list", help="registered norms, corruptions, data sets and models")
+    commands.add_parser("run", help="run the benchmark suites with pytest (arguments pass through)",
+                        add_help=False)
+    publish = commands.add_parser("publish", help="render result CSVs as markdown, HTML and plots")
+    publish.add_argument("--results-dir", default=None, help="results folder (default: <checkout>/leaderboards)")
+    publish.add_argument("--out-dir", default=None, help="write here instead of <results-dir>/<profile>/tables")
+    compare = commands.add_parser("compare", help="compare two result CSVs; exit 1 on a regression of B vs A")
+    compare.add_argument("a", help="reference result CSV")
+    compare.add_argument("b", help="result CSV to check")
+    compare.add_argument("--metric", default="accuracy", help="metric to compare (default: accuracy)")
+    compare.add_argument("--tolerance", type=float, default=0.02,
+                         help="allowed drop of B below A (default: 0.02)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "run":  # everything after "run" belongs to pytest, even --help
+        return _cmd_run(argv[1:])
+    args = build_parser().parse_args(argv)
+    handlers = {"list": _cmd_list, "publish": _cmd_publish, "compare": _cmd_compare}
+    return handlers[args.command](args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
