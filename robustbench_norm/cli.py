@@ -63,7 +63,8 @@ def _cmd_run(pytest_args: list[str]) -> int:
 
 
 def _cmd_publish(args: argparse.Namespace) -> int:
-    from robustbench_norm.results import default_results_dir, publish
+    from robustbench_norm.results import default_results_dir
+    from robustbench_norm.results.publish import publish
 
     results_dir = Path(args.results_dir) if args.results_dir else default_results_dir()
     if not results_dir.is_dir():

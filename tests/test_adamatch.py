@@ -250,7 +250,7 @@ def _tiny_sets() -> tuple[TinySet, TinySet]:
     return TinySet(source, source_labels), TinySet(target, torch.randint(0, 4, (192,), generator=g))
 
 
-_TINY_CONFIG = replace(AdaMatchConfig(), epochs=2, source_batch_size=16)
+_TINY_CONFIG = replace(AdaMatchConfig(), epochs=2, source_batch_size=32)
 
 
 def test_train_adamatch_smoke_deterministic_with_contexts():
@@ -263,14 +263,15 @@ def test_train_adamatch_smoke_deterministic_with_contexts():
         assert all(math.isfinite(v) for v in entry.values())
     for a, b in zip(first.ema_model.state_dict().values(), second.ema_model.state_dict().values(), strict=True):
         assert torch.equal(a, b)
-    steps = 2 * (64 // 16)
+    batch, target_batch = 32, 96
+    steps = 2 * (64 // batch)
     assert int(first.model[2].num_batches_tracked) == steps  # one running-stat update per step (joint pass)
     seen = first.model[0].seen
     assert len(seen) == 2 * steps  # source-only pass + joint pass per step
     source_only, joint = seen[0::2], seen[1::2]
-    assert all(ids.shape == (32,) and bool((ids == 1).all()) for ids in source_only)
-    assert all(ids.shape == (32 + 96,) and bool((ids[:32] == 1).all()) and bool((ids[32:] == 0).all())
-               for ids in joint)
+    assert all(ids.shape == (2 * batch,) and bool((ids == 1).all()) for ids in source_only)
+    assert all(ids.shape == (2 * batch + 2 * target_batch,) and bool((ids[: 2 * batch] == 1).all())
+               and bool((ids[2 * batch:] == 0).all()) for ids in joint)
     assert not first.model.training and not first.ema_model.training
     assert not torch.equal(first.ema_model[1].weight, first.model[1].weight)  # EMA lags the model
 

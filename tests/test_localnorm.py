@@ -9,7 +9,7 @@ from torch import nn
 
 from reference_loops import loop_localnorm
 from robustbench_norm.norms import build_norm, get_norm
-from robustbench_norm.norms.localnorm import LocalNorm, convert_batchnorm_to_localnorm, use_group_offset
+from robustbench_norm.norms.localnorm import LocalNorm, convert_batchnorm_to_localnorm, localnorm_evaluation
 from robustbench_norm.norms.standard import BatchNorm
 
 EPS = 1e-5
@@ -84,30 +84,58 @@ def test_eval_rule_for_any_batch(batch, sizes):
     torch.testing.assert_close(layer(x), expected, rtol=1e-10, atol=1e-10)
 
 
-def test_group_offset_selects_rows_and_restores():
+@pytest.mark.parametrize("group_size, sizes", [(1, [1, 1, 1, 1, 1]), (2, [2, 2, 1]), (5, [5]), (7, [5])])
+@pytest.mark.parametrize("row", [0, 3])
+def test_localnorm_evaluation_matches_loop(group_size, sizes, row):
     layer = _layer().eval()
-    model = nn.Sequential(layer)
-    image = _input((1, 3, 3, 3))
-    with use_group_offset(model, 2) as layers:
+    x = _input((5, 3, 3, 3))
+    with localnorm_evaluation(nn.Sequential(layer), statistics_group_size=group_size, affine_group=row) as layers:
         assert layers == [layer]
-        torch.testing.assert_close(layer(image), _loop(image, layer, [1], [2]), rtol=1e-10, atol=1e-10)
-        x = _input()
-        torch.testing.assert_close(layer(x), _loop(x, layer, [2, 2, 2, 2], [2, 3, 0, 1]), rtol=1e-10, atol=1e-10)
-    assert layer.group_offset == 0
-    for bad in (4, -1, 1.0):
-        with pytest.raises(ValueError, match=rf"{bad}.*0\.\.3"):
-            with use_group_offset(model, bad):
-                pass
+        y = layer(x)
+    expected = _loop(x, layer, sizes, [row] * len(sizes))
+    torch.testing.assert_close(y, expected, rtol=1e-10, atol=1e-10)
 
 
-def test_single_image_equals_its_replicated_batch():
-    """SINGLE mode: one image alone with offset k equals group k of a batch of identical copies."""
+def test_localnorm_evaluation_equals_the_authors_replicated_and_tiled_batches():
+    """SINGLE: K*2 copies of one image, group k; VOTING: a set of 2 images tiled K times, group k."""
     layer = _layer().eval()
-    image = _input((1, 3, 3, 3))
-    replicated = layer(image.expand(8, -1, -1, -1).contiguous())
+    x = _input((6, 3, 3, 3))
     for k in range(4):
-        with use_group_offset(layer, k):
-            torch.testing.assert_close(layer(image)[0], replicated[2 * k])
+        with localnorm_evaluation(layer, statistics_group_size=1, affine_group=k):
+            single = layer(x)
+        with localnorm_evaluation(layer, statistics_group_size=2, affine_group=k):
+            voting = layer(x)
+        for i in range(6):
+            replicated = layer(x[i : i + 1].expand(8, -1, -1, -1).contiguous())
+            torch.testing.assert_close(single[i], replicated[2 * k])
+        for start in (0, 2, 4):
+            tiled = layer(x[start : start + 2].repeat(4, 1, 1, 1))
+            torch.testing.assert_close(voting[start : start + 2], tiled[2 * k : 2 * k + 2])
+
+
+def test_localnorm_evaluation_restores_and_leaves_training_alone():
+    layer = _layer()
+    x = _input()
+    train_output = layer(x)
+    with localnorm_evaluation(layer, statistics_group_size=1, affine_group=2):
+        torch.testing.assert_close(layer(x), train_output, rtol=0, atol=0)
+    assert (layer.statistics_group_size, layer.affine_group) == (None, 0)
+    torch.testing.assert_close(layer.eval()(x), train_output, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    "kwargs, pattern",
+    [
+        ({"statistics_group_size": 0, "affine_group": 0}, "statistics_group_size.*0"),
+        ({"statistics_group_size": 2.0, "affine_group": 0}, "statistics_group_size.*2.0"),
+        ({"statistics_group_size": 1, "affine_group": 4}, r"affine_group 4.*0\.\.3"),
+        ({"statistics_group_size": 1, "affine_group": -1}, r"affine_group -1.*0\.\.3"),
+    ],
+)
+def test_localnorm_evaluation_bad_arguments(kwargs, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        with localnorm_evaluation(_layer(), **kwargs):
+            pass
 
 
 @pytest.mark.parametrize("batch, training", [(8, True), (6, False)])
@@ -196,3 +224,5 @@ def test_bad_inputs_and_eps():
         layer(torch.randn(4, 4))
     with pytest.raises(ValueError, match="C=4"):
         layer(torch.randn(4, 5, 2, 2))
+    with pytest.raises(ValueError, match="non-empty"):
+        layer.eval()(torch.randn(0, 4, 2, 2))

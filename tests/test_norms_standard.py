@@ -257,3 +257,10 @@ def test_bad_num_features_and_inputs(name):
 def test_unknown_kwarg_rejected_by_registry():
     with pytest.raises(ValueError, match="affine"):
         build_norm("batchnorm", 8, affine=False)
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_instancenorm_on_one_by_one_maps_raises(training):
+    module = build_norm("instancenorm", 8).train(training)
+    with pytest.raises(ValueError, match="spatial"):
+        module(torch.randn(4, 8, 1, 1))

@@ -21,7 +21,7 @@ from robustbench_norm.results.baselines import (
 )
 from robustbench_norm.results.rows import ResultRow, rows_to_frame
 from robustbench_norm.results.store import ResultStore
-from robustbench_norm.results.summary import robustness_table, summarize, write_summary
+from robustbench_norm.results.summary import robustness_table, summarize, summary_markdown, write_summary
 
 
 def make_row(**overrides) -> ResultRow:
@@ -55,6 +55,10 @@ def test_summarize_mean_se_and_failed_seeds():
     assert math.isnan(summary.loc["lcn", "value_se"])  # one seed: no SE
     assert summary.loc["lcn", "status"] == "diverged at epoch 2 (seeds 1)"
     assert "seed" not in summary.columns
+    markdown = summary_markdown(rows_to_frame(rows), "quick", "noise")
+    assert "| lcn | standard | 40.0 (1) * |" in markdown and "* some seeds could not be measured" in markdown
+    failed = rows_to_frame([make_row(value=math.nan, status="not trainable: batch 2 < num_groups 4")])
+    assert "n/a (not trainable: batch 2 < num_groups 4 (seeds 0))" in summary_markdown(failed, "quick", "noise")
 
 
 # -- robustness table and mCE ---------------------------------------------------------------------------
@@ -228,6 +232,9 @@ def test_missing_baseline_is_reported_not_failed(tmp_path):
         assert check_against_baselines(run, tmp_path / "absent.csv") == []
     assert missing_baselines(run, tmp_path / "absent.csv") == [
         "noise/switchnorm/standard/batch/agn/1.0/bs64 [quick, digits, quick_cnn]"]
+    many = pd.concat([baseline_rows("switchnorm", [0.1], severity=s) for s in range(7)])
+    with pytest.warns(NoBaselineWarning, match=r"no baseline for 7 measurement\(s\).*and 2 more$"):
+        check_against_baselines(many, tmp_path / "absent.csv")
 
 
 def test_update_baselines_merges_by_key_and_reads_back(tmp_path):

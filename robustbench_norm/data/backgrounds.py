@@ -26,7 +26,8 @@ def _atlas() -> tuple[Tensor, Tensor, Tensor]:
     """Atlas (1, 3, H, W) float in [0, 1], each photograph's x offset (P,) and (height, width) (P, 2)."""
     from sklearn.datasets import load_sample_images
 
-    photos = [torch.from_numpy(image.copy()).permute(2, 0, 1).to(torch.float32) / 255 for image in load_sample_images().images]
+    photos = [torch.from_numpy(image.copy()).permute(2, 0, 1).to(torch.float32) / 255
+              for image in load_sample_images().images]
     small = [F.interpolate(p.unsqueeze(0), scale_factor=1 / _DOWNSAMPLE, mode="bilinear", antialias=True,
                            align_corners=False) for p in photos]
     height = max(s.shape[2] for s in small)

@@ -26,6 +26,7 @@ from __future__ import annotations
 import pickle
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -35,6 +36,7 @@ from .._torchvision import import_torchvision
 from .imageset import DatasetBundle, ImageSet
 
 DAYNIGHT_CONTEXTS = {"day": 0, "night": 1}
+_Loaded = TypeVar("_Loaded")
 
 
 class DatasetNotFoundError(FileNotFoundError):
@@ -63,7 +65,7 @@ def _download(name: str, data_dir: Path | None, fetch: Callable[[Path], None]) -
         raise DatasetNotFoundError(f"{name}: download into {data_dir} failed: {error}") from error
 
 
-def _read(name: str, root: Path, build: Callable[[], object]) -> object:
+def _read(name: str, root: Path, build: Callable[[], _Loaded]) -> _Loaded:
     try:
         return build()
     except RuntimeError as error:
@@ -175,7 +177,7 @@ def load_daynight(data_dir: Path | None, download: bool) -> DatasetBundle:
                 raise ValueError(f"daynight: class folders of {folder.root} are {folder.classes}, "
                                  f"but the first folder read has {classes}; day and night need the same classes")
             for path, label in folder.samples:
-                images.append(tv.transforms.v2.functional.pil_to_tensor(folder.loader(path)))
+                images.append(torch.from_numpy(np.array(folder.loader(path), dtype=np.uint8)).permute(2, 0, 1))
                 _check_size(path, images[-1], images[0])
                 labels.append(label)
                 contexts.append(context)

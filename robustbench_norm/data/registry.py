@@ -7,15 +7,18 @@ needs. Names:
 digits                   scikit-learn handwritten digits framed as MNIST, grey 28x28, fixed split 1,437 / 360
 street_digits            synthetic house numbers over photographs, RGB 32x32, generated (default 2,000 / 500)
 shapes                   ten geometric shapes over procedural textures, RGB 32x32, generated (2,000 / 500)
-<embedded>_night         ``night_rendering`` of digits / street_digits / shapes (same labels, same sizes)
+<embedded>_night         ``night_rendering`` of digits / street_digits / shapes, other scenes (see below)
 mnist, svhn, cifar10,    real data sets read from ``data_dir`` (see ``real``); cifar100 and daynight carry
 cifar100, daynight       contexts (superclass; 0 = day, 1 = night)
 =======================  ====================================================================================
 
 Sizes: generated sets are generated at ``train_size`` / ``test_size``; fixed sets (digits and the real ones) are
 reduced to them by ``stratified_subset`` (None keeps the whole split). Randomness (generation, subsets, night noise)
-comes from independent named streams of ``seed``. Conversion: ``channels`` (1 or 3) and ``image_size`` convert
-both splits with ``convert.convert_images`` (None keeps the data set's own).
+comes from independent named streams of ``seed``. A night set is rendered from base images drawn with a seed
+derived from ``seed``, so at one seed ``street_digits`` and ``street_digits_night`` show different scenes (as real
+day and night photographs do); for ``digits_night`` the fixed split is the same and only a subset differs.
+Conversion: ``channels`` (1 or 3) and ``image_size`` convert both splits with ``convert.convert_images`` (None
+keeps the data set's own).
 """
 
 from __future__ import annotations
@@ -54,9 +57,10 @@ def _fixed_entry(load: Callable[[Path | None, bool], DatasetBundle]) -> _Entry:
 
 def _night_entry(base: _Entry) -> _Entry:
     def build(data_dir, download, seed, train_size, test_size):
-        bundle = base.build(data_dir, download, seed, train_size, test_size)
+        scenes = _seed_of(seed, "night/scenes")
+        bundle = base.build(data_dir, download, scenes, train_size, test_size)
         if not base.generated:
-            bundle = _sized(bundle, seed, train_size, test_size)
+            bundle = _sized(bundle, scenes, train_size, test_size)
         return replace(bundle, train=night_rendering(bundle.train, _seed_of(seed, "night/train")),
                        test=night_rendering(bundle.test, _seed_of(seed, "night/test")))
 

@@ -117,7 +117,7 @@ def _glyph_masks(labels: Tensor, generator: torch.Generator) -> Tensor:
     coverage = torch.zeros(count, 1, IMAGE_SIZE, IMAGE_SIZE)
     for side in (0, -1, 1):
         digits = labels if side == 0 else torch.randint(10, (count,), generator=generator)
-        present = torch.ones(count) if side == 0 else (torch.rand(count, generator=generator) < _NEIGHBOUR_PROBABILITY).float()
+        present = ((torch.rand(count, generator=generator) < _NEIGHBOUR_PROBABILITY) | (side == 0)).float()
         theta = torch.cat((linear, (shift - torch.stack((side * spacing, torch.zeros(count)), -1)).unsqueeze(-1)), -1)
         grid = F.affine_grid(theta, [count, 1, IMAGE_SIZE, IMAGE_SIZE], align_corners=False)
         glyphs = masks[face, digits].unsqueeze(1)

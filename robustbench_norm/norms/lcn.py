@@ -80,31 +80,39 @@ class _Axis:
         return self.window == self.size
 
 
-def _window_sums(s: torch.Tensor, dim: int, window: int, pad: int) -> torch.Tensor:
-    """Sums of ``window`` consecutive values along ``dim`` of ``s`` zero-padded by ``pad`` at both ends.
+def _cumsum_(t: torch.Tensor, dim: int) -> torch.Tensor:
+    """In-place inclusive prefix sums of ``t`` along ``dim``.
 
-    Output length ``size + 2 * pad - window + 1``, from one cumulative sum (a summed-area table along ``dim``).
+    On the CPU a scan over a non-innermost dimension is done as a sequence of row additions (each one
+    vectorised over the trailing dimension): PyTorch's CPU scan walks such a dimension one column at a time,
+    which is several times slower for feature maps (and worse at power-of-two widths).
     """
-    size = s.shape[dim]
-    if window == 1 and pad == 0:
+    if dim == t.dim() - 1 or t.device.type != "cpu":
+        return t.cumsum_(dim)
+    for i in range(1, t.shape[dim]):
+        t.select(dim, i).add_(t.select(dim, i - 1))
+    return t
+
+
+def _window_sums(s: torch.Tensor, dim: int, axis: _Axis) -> torch.Tensor:
+    """Sums of the ``axis.positions`` windows that fit inside the map along ``dim``; overwrites ``s``."""
+    if axis.window == 1:
         return s
-    if window == size and pad == 0:
+    if axis.full:
         return s.sum(dim, keepdim=True)
-    shape = list(s.shape)
-    shape[dim] = size + 2 * pad + 1
-    table = s.new_zeros(shape)
-    table.narrow(dim, pad + 1, size).copy_(s)
-    table.cumsum_(dim)
-    length = size + 2 * pad - window + 1
-    return table.narrow(dim, window, length) - table.narrow(dim, 0, length)
+    prefix = _cumsum_(s, dim)
+    length = axis.positions
+    out = prefix.narrow(dim, axis.window - 1, length).clone()
+    out.narrow(dim, 1, length - 1).sub_(prefix.narrow(dim, 0, length - 1))
+    return out
 
 
 def _box_sums(s: torch.Tensor, rows: _Axis, cols: _Axis) -> torch.Tensor:
     """Clamped-window sums of ``s`` (B, H, W): the distinct windows, replicated onto the border pixels.
 
-    A full axis stays of length 1 (every pixel has the same window), to broadcast.
+    Overwrites ``s``. A full axis stays of length 1 (every pixel has the same window), to broadcast.
     """
-    valid = _window_sums(_window_sums(s, 1, rows.window, 0), 2, cols.window, 0)
+    valid = _window_sums(_window_sums(s, 2, cols), 1, rows)
     pad_rows = (0, 0) if rows.full else (rows.before, rows.size - rows.positions - rows.before)
     pad_cols = (0, 0) if cols.full else (cols.before, cols.size - cols.positions - cols.before)
     if pad_rows == (0, 0) and pad_cols == (0, 0):
@@ -112,30 +120,36 @@ def _box_sums(s: torch.Tensor, rows: _Axis, cols: _Axis) -> torch.Tensor:
     return F.pad(valid, (*pad_cols, *pad_rows), mode="replicate")
 
 
-def _fold_border(a: torch.Tensor, dim: int, axis: _Axis) -> torch.Tensor:
-    """Adjoint of the replicate padding of :func:`_box_sums` along ``dim``: border values add onto the edges."""
-    if axis.positions == axis.size:
+def _window_sums_adjoint(a: torch.Tensor, dim: int, axis: _Axis) -> torch.Tensor:
+    """Adjoint of one axis of :func:`_box_sums`: each pixel gets the sum of ``a`` over the outputs whose
+    window contains it. A full axis comes out of length 1 (the same sum for every pixel).
+
+    First the border outputs, which share the first (last) window, are folded onto it (adjoint of the
+    replicate padding), giving one value per window position, f. Then pixel k collects the positions
+    j in [k - window + 1, k] that exist: with F the prefix sums of f, ``F[min(k, L - 1)] - F[k - window]``
+    (the second term only for k >= window).
+    """
+    if axis.window == 1:
         return a
     if axis.full:
         return a.sum(dim, keepdim=True)
-    out = a.narrow(dim, axis.before, axis.positions).clone()
-    after = axis.size - axis.positions - axis.before
+    length = axis.positions
+    after = axis.size - length - axis.before
+    folded = a.narrow(dim, axis.before, length).clone()
     if axis.before:
-        out.narrow(dim, 0, 1).add_(a.narrow(dim, 0, axis.before).sum(dim, keepdim=True))
+        folded.narrow(dim, 0, 1).add_(a.narrow(dim, 0, axis.before).sum(dim, keepdim=True))
     if after:
-        out.narrow(dim, -1, 1).add_(a.narrow(dim, axis.size - after, after).sum(dim, keepdim=True))
+        folded.narrow(dim, length - 1, 1).add_(a.narrow(dim, axis.size - after, after).sum(dim, keepdim=True))
+    prefix = _cumsum_(folded, dim)
+    pad = (0, axis.size - length, 0, 0) if dim == 2 else (0, 0, 0, axis.size - length)
+    out = F.pad(prefix, pad, mode="replicate")
+    out.narrow(dim, axis.window, length - 1).sub_(prefix.narrow(dim, 0, length - 1))
     return out
 
 
 def _box_sums_adjoint(a: torch.Tensor, rows: _Axis, cols: _Axis) -> torch.Tensor:
-    """Adjoint of :func:`_box_sums` on (B, H, W): at each pixel, the sum of ``a`` over the outputs whose window
-    contains it. Per axis: fold the border outputs onto the first/last window, then a zero-padded ("full")
-    window sum. A full axis comes out of length 1 (the same sum for every pixel).
-    """
-    for dim, axis in ((1, rows), (2, cols)):
-        folded = _fold_border(a, dim, axis)
-        a = folded if axis.full else _window_sums(folded, dim, axis.window, axis.window - 1)
-    return a
+    """Adjoint of :func:`_box_sums` on (B, H, W), one axis after the other (the operator is separable)."""
+    return _window_sums_adjoint(_window_sums_adjoint(a, 2, cols), 1, rows)
 
 
 def _chunks(batch: int, per_sample: int) -> list[tuple[int, int]]:

@@ -1,7 +1,7 @@
 """LocalNorm: Batch Normalization over K consecutive sub-batches, each with its own affine.
 
 Yin, Schaafsma, Corporaal, Scholte, Bohte, "LocalNorm: Robust Image Classification through Dynamically
-Regularized Normalization", ICANN 2021 (arXiv 1902.06550), section 3.
+Regularized Normalization", ICANN 2021 (preprint 2019), section 3.
 
 Formula. The batch of N samples splits into K consecutive groups of N/K samples (sample i is in group
 ``i // (N/K)``). For group k and channel c, mean and **biased** variance run over the (N/K, H, W) values,
@@ -14,12 +14,16 @@ running statistics: the same group statistics are computed at test time, from th
 Training. N must be divisible by K; otherwise ``ValueError`` naming N and K.
 
 Eval (the rule for any N). The batch splits with ``torch.tensor_split`` into G = min(K, N) consecutive groups
-of near-equal size (the first ``N mod G`` groups hold one sample more); a batch divisible by K gives exactly the
-training groups. Group j uses affine row ``(group_offset + j) mod K``. ``group_offset`` (default 0, set with
-:func:`use_group_offset`) lets evaluation choose the row of a one-group batch: a single image (N = 1) is
-normalised with its own per-channel spatial statistics and the affine row ``group_offset`` (the paper's
-SINGLE mode; a batch of K copies of one image is SINGLE-VOTING's K groups). The test-time procedures BATCH,
-SINGLE, SINGLE-VOTING and VOTING themselves are batch-construction procedures in ``robustbench_norm.evaluation``.
+of near-equal size (the first ``N mod G`` groups hold one sample more), group j with affine row j; a batch
+divisible by K gives exactly the training groups.
+
+Test-time procedures. BATCH, SINGLE, SINGLE-VOTING and VOTING (paper section 3) live in
+``robustbench_norm.evaluation``. The authors build them from replicated or tiled batches; since identical
+copies in a group give that image's (or image set's) own statistics, :func:`localnorm_evaluation` lets them be
+computed directly: in eval mode, statistics over consecutive groups of ``statistics_group_size`` samples
+(the last group holds the remainder) and one affine row ``affine_group`` for all of them. SINGLE is
+``statistics_group_size=1, affine_group=0``; SINGLE-VOTING votes over ``affine_group`` k = 0..K-1 with
+``statistics_group_size=1``, VOTING likewise with ``statistics_group_size`` = the group size N/K.
 
 Conversion. :func:`convert_batchnorm_to_localnorm` turns a trained BatchNorm model into a LocalNorm model by
 copying each BN's (gamma, beta) into every group row and dropping its running statistics (paper section 3.1).
@@ -43,8 +47,12 @@ from robustbench_norm.norms.registry import register_norm
 from robustbench_norm.norms.standard import check_eps, check_input_2d, check_num_features
 
 
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _check_num_groups(num_groups: int) -> None:
-    if isinstance(num_groups, bool) or not isinstance(num_groups, int) or num_groups < 1:
+    if not _is_int(num_groups) or num_groups < 1:
         raise ValueError(f"num_groups must be a positive int (number of sub-batches K), got {num_groups!r}")
 
 
@@ -75,8 +83,8 @@ class LocalNorm(nn.Module):
     ``y = (x - mu_{k,c}) / sqrt(var_{k,c} + eps) * weight[k, c] + bias[k, c]`` with the mean and biased
     variance of channel c over the (N/K, H, W) values of group k; no running statistics, so train and eval
     compute the same thing. Training needs N divisible by K (``ValueError`` otherwise). Eval accepts any N:
-    ``min(K, N)`` near-equal consecutive groups (``torch.tensor_split``), group j with affine row
-    ``(group_offset + j) mod K``. See the module docstring for the paper, defaults and test-time modes.
+    ``min(K, N)`` near-equal consecutive groups (``torch.tensor_split``), group j with affine row j, unless
+    :func:`localnorm_evaluation` sets ``statistics_group_size`` and ``affine_group`` (see the module docstring).
 
     Shapes: input and output ``(N, C, H, W)``; ``weight``, ``bias``: ``(K, C)``. Cost: O(NCHW).
     """
@@ -89,22 +97,26 @@ class LocalNorm(nn.Module):
         self.num_features = num_features
         self.num_groups = num_groups
         self.eps = eps
-        self.group_offset = 0
+        self.statistics_group_size: int | None = None
+        self.affine_group = 0
         self.weight = nn.Parameter(torch.ones(num_groups, num_features))
         self.bias = nn.Parameter(torch.zeros(num_groups, num_features))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input_2d(x, self.num_features, type(self).__name__)
         n = x.shape[0]
+        if n == 0:
+            raise ValueError(f"LocalNorm needs a non-empty batch, got input of shape {tuple(x.shape)}")
         if self.training and n % self.num_groups:
             raise ValueError(
                 f"LocalNorm in training needs a batch divisible by num_groups: got batch N={n} and "
                 f"K={self.num_groups}; valid batches: multiples of {self.num_groups}"
             )
-        groups = max(1, min(self.num_groups, n))
-        weight = self.weight.roll(-self.group_offset, dims=0)[:groups]
-        bias = self.bias.roll(-self.group_offset, dims=0)[:groups]
+        if not self.training and self.statistics_group_size is not None:
+            return self._forward_one_affine(x, self.statistics_group_size)
+        groups = min(self.num_groups, n)
         size, larger = divmod(n, groups)  # the first `larger` groups hold size + 1 samples
+        weight, bias = self.weight[:groups], self.bias[:groups]
         if larger == 0:
             return _normalize_equal_groups(x, weight, bias, self.eps)
         split = larger * (size + 1)
@@ -112,29 +124,47 @@ class LocalNorm(nn.Module):
         tail = _normalize_equal_groups(x[split:], weight[larger:], bias[larger:], self.eps)
         return torch.cat([head, tail])
 
+    def _forward_one_affine(self, x: torch.Tensor, group_size: int) -> torch.Tensor:
+        """Statistics per ``group_size`` consecutive samples (last group: the rest), affine row ``affine_group``."""
+        weight, bias = self.weight[self.affine_group], self.bias[self.affine_group]
+        full, rest = divmod(x.shape[0], group_size)
+        runs = [(x[: full * group_size], full)] if full else []
+        runs += [(x[full * group_size :], 1)] if rest else []
+        parts = [
+            _normalize_equal_groups(part, weight.expand(groups, -1), bias.expand(groups, -1), self.eps)
+            for part, groups in runs
+        ]
+        return torch.cat(parts) if len(parts) > 1 else parts[0]
+
     def extra_repr(self) -> str:
-        return f"{self.num_features}, num_groups={self.num_groups}, eps={self.eps}, group_offset={self.group_offset}"
+        return f"{self.num_features}, num_groups={self.num_groups}, eps={self.eps}"
 
 
 @contextmanager
-def use_group_offset(model: nn.Module, offset: int) -> Iterator[list[LocalNorm]]:
-    """Inside the block, group j of every :class:`LocalNorm` of ``model`` uses affine row ``(offset + j) mod K``.
+def localnorm_evaluation(
+    model: nn.Module, *, statistics_group_size: int, affine_group: int
+) -> Iterator[list[LocalNorm]]:
+    """Inside the block, every :class:`LocalNorm` of ``model`` in eval mode normalises each run of
+    ``statistics_group_size`` consecutive samples with its own statistics (the last run: the remaining
+    samples) and the affine row ``affine_group`` for all samples. Training mode is not affected.
 
-    ``offset`` must lie in [0, K) for every layer (``ValueError`` otherwise). The previous offsets come back
-    after the block. Yields the LocalNorm layers (empty if the model has none).
+    ``statistics_group_size`` must be >= 1 and ``affine_group`` in [0, K) for every layer (``ValueError``
+    otherwise). The previous settings come back after the block. Yields the LocalNorm layers (empty if none).
     """
+    if not _is_int(statistics_group_size) or statistics_group_size < 1:
+        raise ValueError(f"statistics_group_size must be a positive int, got {statistics_group_size!r}")
     layers = [m for m in model.modules() if isinstance(m, LocalNorm)]
     for layer in layers:
-        if isinstance(offset, bool) or not isinstance(offset, int) or not 0 <= offset < layer.num_groups:
-            raise ValueError(f"group offset {offset!r} is out of range; valid: 0..{layer.num_groups - 1}")
-    previous = [layer.group_offset for layer in layers]
+        if not _is_int(affine_group) or not 0 <= affine_group < layer.num_groups:
+            raise ValueError(f"affine_group {affine_group!r} is out of range; valid: 0..{layer.num_groups - 1}")
+    previous = [(layer.statistics_group_size, layer.affine_group) for layer in layers]
     for layer in layers:
-        layer.group_offset = offset
+        layer.statistics_group_size, layer.affine_group = statistics_group_size, affine_group
     try:
         yield layers
     finally:
-        for layer, old in zip(layers, previous):
-            layer.group_offset = old
+        for layer, (size, row) in zip(layers, previous):
+            layer.statistics_group_size, layer.affine_group = size, row
 
 
 def _localnorm_from_batchnorm(bn: nn.BatchNorm2d, num_groups: int) -> LocalNorm:

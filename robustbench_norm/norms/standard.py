@@ -4,16 +4,12 @@ Every layer here computes ``y = (x - mu) / sqrt(var + eps) * gamma_c + beta_c`` 
 with a **biased** variance (divide by the count) and a per-channel affine ``gamma, beta`` of shape ``(C,)``.
 They differ only in the set of values that share ``mu`` and ``var``:
 
-=====================  ======================================  =====================================
-registered name        statistics over                         paper
-=====================  ======================================  =====================================
-``batchnorm`` (bn)     (N, H, W) per channel; running stats    Ioffe & Szegedy, ICML 2015
-``batchnorm_test_stats``  as BN, test batch's stats in eval     Li et al., AdaBN, 2016
-``groupnorm`` (gn)     (C/G, H, W) per sample and group        Wu & He, ECCV 2018
-``instancenorm`` (in)  (H, W) per sample and channel           Ulyanov et al., 2016
-``layernorm`` (ln)     (C, H, W) per sample                    Ba et al., 2016
-``positionalnorm`` (pn)  (C,) per sample and position          Li et al., NeurIPS 2019
-=====================  ======================================  =====================================
+* ``batchnorm`` (``bn``): per channel over (N, H, W), running estimates in eval (Ioffe & Szegedy, ICML 2015);
+* ``batchnorm_test_stats``: as BatchNorm, but the test batch's own statistics in eval (AdaBN; Li et al., 2016);
+* ``groupnorm`` (``gn``): per sample over G groups of C/G consecutive channels x (H, W) (Wu & He, ECCV 2018);
+* ``instancenorm`` (``in``): per sample and channel over (H, W) (Ulyanov et al., 2016);
+* ``layernorm`` (``ln``): per sample over (C, H, W) (Ba et al., 2016);
+* ``positionalnorm`` (``pn``): per sample and position over the C channels (Li et al., NeurIPS 2019).
 
 The module also holds the small argument checks shared by the other families written to this interface
 (:func:`check_input_2d`, :func:`check_eps`, :func:`check_momentum`), and :func:`use_test_batch_stats`, which

@@ -3,7 +3,8 @@
 Flow: a scenario builds :class:`ResultRow` objects (provenance from :func:`collect_provenance`), writes
 them with :meth:`ResultStore.write` (merged by key, atomic, process-safe), saves confusion matrices with
 :func:`save_confusion`, gates them with :func:`check_against_baselines`; :func:`summarize_results_dir`
-and :func:`publish` turn the CSVs into tables and plots.
+and :func:`robustbench_norm.results.publish.publish` turn the CSVs into tables and plots (not
+re-exported here, so that ``results.publish`` stays the module).
 """
 
 from robustbench_norm.results.baselines import (
@@ -25,7 +26,6 @@ from robustbench_norm.results.confusion import (
     save_confusion,
 )
 from robustbench_norm.results.provenance import Provenance, collect_provenance
-from robustbench_norm.results.publish import publish
 from robustbench_norm.results.rows import (
     COLUMNS,
     KEY_FIELDS,
@@ -66,7 +66,6 @@ __all__ = [
     "is_gated",
     "missing_baselines",
     "prediction_entropy",
-    "publish",
     "read_baselines",
     "read_frame_csv",
     "robustness_table",

@@ -38,6 +38,7 @@ from robustbench_norm.results.summary import mean_se
 TOL_K = 3.0
 TOL_FLOOR = 0.02
 GATED_SUFFIX = "accuracy"
+MAX_LISTED = 5  # keys named in one NoBaselineWarning
 BASELINE_COLUMNS: tuple[str, ...] = (*KEY_WITHOUT_SEED, "expected", "tolerance", "n_seeds")
 _DTYPES = {**{name: str for name in KEY_WITHOUT_SEED}, "severity": "float64", "train_batch_size": "int64",
            "expected": "float64", "tolerance": "float64", "n_seeds": "int64"}
@@ -162,14 +163,16 @@ def check_against_baselines(df_rows: pd.DataFrame, baselines: pd.DataFrame | Pat
     """The gated keys of ``df_rows`` (result rows of one run) that fall below their baseline.
 
     ``baselines`` is a baseline table or the path of a baseline CSV (missing file = no baselines).
-    Keys without a baseline are not failures: they are listed in one :class:`NoBaselineWarning`.
+    Keys without a baseline are not failures: one :class:`NoBaselineWarning` counts them and names the
+    first :data:`MAX_LISTED` (:func:`missing_baselines` lists all).
     """
     joined = _joined(df_rows, baselines)
     missing = joined["_merge"] == "left_only"
     if missing.any():
         labels = [key_label(r) for r in joined.loc[missing, list(KEY_WITHOUT_SEED)].to_dict(orient="records")]
-        warnings.warn(NoBaselineWarning(f"no baseline for {len(labels)} measurement(s): " + "; ".join(labels)),
-                      stacklevel=2)
+        shown = "; ".join(labels[:MAX_LISTED]) + (f"; ... and {len(labels) - MAX_LISTED} more"
+                                                  if len(labels) > MAX_LISTED else "")
+        warnings.warn(NoBaselineWarning(f"no baseline for {len(labels)} measurement(s): {shown}"), stacklevel=2)
     regressions = []
     for record in joined.loc[~missing].to_dict(orient="records"):
         unmeasured = record["n_observed"] == 0 and math.isfinite(record["expected"])

@@ -11,7 +11,8 @@ can be traced to what produced it (pytest-benchmark records the same trio as ``m
   (result files written by the benchmark itself are not code changes); ``"unknown"`` when the package
   is not a tracked file of a git checkout (e.g. installed from a wheel) or git is not available.
 
-Versions and commit are computed once per process (cached); git runs twice, with a 10 s timeout.
+Versions and commit are computed once per process (cached); git runs three times, each with a 10 s
+timeout. torch is imported only when provenance is collected.
 """
 
 from __future__ import annotations
@@ -23,11 +24,14 @@ import sys
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy
-import torch
 
 import robustbench_norm
+
+if TYPE_CHECKING:
+    import torch
 
 RESULTS_DIRNAME = "leaderboards"
 
@@ -53,6 +57,8 @@ def collect_provenance(device: torch.device) -> Provenance:
 @lru_cache(maxsize=None)
 def describe_device(device: torch.device) -> str:
     """A short human-readable description of ``device`` including the accelerator's model name."""
+    import torch  # deferred: reading and publishing results does not need torch
+
     device = torch.device(device)
     if device.type == "cuda":
         index = device.index if device.index is not None else torch.cuda.current_device()
@@ -65,6 +71,7 @@ def describe_device(device: torch.device) -> str:
 @lru_cache(maxsize=None)
 def package_versions() -> str:
     """``"python=... torch=... numpy=... robustbench_norm=..."`` for this interpreter."""
+    import torch
     python = ".".join(str(part) for part in sys.version_info[:3])
     return (f"python={python} torch={torch.__version__} numpy={numpy.__version__} "
             f"robustbench_norm={robustbench_norm.__version__}")

@@ -92,7 +92,7 @@ def page_html(page: Page, images: list[str]) -> str:
 
 def scenario_plots(df: pd.DataFrame, scenario: str) -> dict[str, bytes]:
     """PNG bytes by file name: accuracy vs severity per corruption, or accuracy vs training batch size."""
-    accuracy = df.loc[(df["metric"] == ACCURACY) & (df["status"] == OK)]
+    accuracy = df.loc[(df["metric"] == ACCURACY) & (df["status"] == OK)].reset_index(drop=True)
     if accuracy.empty:
         return {}
     labels = _entry_labels(accuracy)

@@ -88,13 +88,13 @@ def robustness_table(df: pd.DataFrame, reference_norm: str = REFERENCE_NORM,
     ``<measure>_se`` for each of :data:`ROBUSTNESS_MEASURES` (fractions, not percent), and ``note``. The
     reference entry comes first. ``frame.attrs["notes"]`` lists the distinct notes.
     """
-    accuracy = df.loc[df["metric"] == ACCURACY]
-    rows = accuracy.loc[accuracy["status"] == OK].copy()
-    rows["clean"] = (rows["corruption"] == CLEAN) | (rows["severity"] == 0)
-    reference_err = _reference_errors(rows.loc[~rows["clean"]], reference_norm, reference_eval_mode)
+    accuracy = df.loc[df["metric"] == ACCURACY].assign(
+        clean=lambda rows: (rows["corruption"] == CLEAN) | (rows["severity"] == 0))
+    measured = accuracy.loc[accuracy["status"] == OK]
+    reference_err = _reference_errors(measured.loc[~measured["clean"]], reference_norm, reference_eval_mode)
     records = []
     for entry, all_rows in accuracy.groupby(list(ENTRY_FIELDS), sort=True):
-        group = rows.loc[rows.index.intersection(all_rows.index)]
+        group = all_rows.loc[all_rows["status"] == OK]
         entry = dict(zip(ENTRY_FIELDS, entry))
         per_seed, note = _per_seed_measures(group, reference_err, entry, reference_norm, reference_eval_mode)
         if group.empty:
@@ -200,7 +200,7 @@ def display_summary(summary: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, str]
                 if len(summary) and summary[name].nunique() == 1}
     varying = [name for name in KEY_WITHOUT_SEED if name not in constant]
     cells = summary.assign(cell=[
-        format_estimate(m, s, n, percent=is_accuracy(metric)) if status == OK or n else f"n/a ({status})"
+        _summary_cell(m, s, n, metric, status)
         for m, s, n, metric, status in zip(summary["value_mean"], summary["value_se"], summary["n_seeds"],
                                            summary["metric"], summary["status"])
     ])
@@ -214,6 +214,13 @@ def display_summary(summary: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, str]
         table.columns = [f"{pivot}={_display(value)}" for value in table.columns]
         table = table.reset_index()
     return table.map(_display), constant
+
+
+def _summary_cell(mean: float, se: float, n: int, metric: str, status: str) -> str:
+    """Estimate of one key; ``n/a (reason)`` when no seed was measured, a trailing ``*`` when some failed."""
+    if n == 0:
+        return f"n/a ({status})"
+    return format_estimate(mean, se, n, percent=is_accuracy(metric)) + ("" if status == OK else " *")
 
 
 def display_robustness(table: pd.DataFrame) -> pd.DataFrame:
@@ -259,7 +266,8 @@ def summary_page(df: pd.DataFrame, profile: str, scenario: str, reference_norm: 
     intro = ["Values: mean ± SE (n seeds); SE = std(ddof=1)/sqrt(n) over seeds. Accuracies in percent."]
     if df.empty:
         return Page(f"{scenario} (profile {profile})", (*intro, "No results yet."), ())
-    table, constant = display_summary(summarize(df))
+    summary = summarize(df)
+    table, constant = display_summary(summary)
     if constant:
         intro.append("Same for every row: " + ", ".join(f"{k}={v}" for k, v in constant.items()) + ".")
     sections = []
@@ -270,7 +278,9 @@ def summary_page(df: pd.DataFrame, profile: str, scenario: str, reference_norm: 
             ("Corrupted = mean over corruption x severity > 0; relative = corrupted / clean; "
              f"mCE = mean over corruptions of sum_s err / sum_s err({reference_norm}).",),
             display_robustness(robustness), tuple(f"Note: {note}" for note in robustness.attrs["notes"])))
-    sections.append(Section("All measurements", (), table))
+    partial = (summary["status"] != OK) & (summary["n_seeds"] > 0)
+    notes = ("* some seeds could not be measured; reasons in the status column of the summary CSV.",)
+    sections.append(Section("All measurements", (), table, notes if partial.any() else ()))
     return Page(f"{scenario} (profile {profile})", tuple(intro), tuple(sections))
 
 

@@ -30,13 +30,18 @@ as in the reference (sample 0 weak, sample 0 strong, sample 1 weak, ...):
    step; like objax's ``ExponentialMovingAverageModule`` it averages every floating-point tensor of the
    model, buffers (BN running statistics) included; integer buffers (``num_batches_tracked``) are copied.
 
-Deviations from the reference (all documented where they live):
+Augmentations (:mod:`robustbench_norm.training.augment`): weak = random translation by up to ``size // 8``
+pixels with reflect padding (the reference's ``size >> 3``: 4 px at 32x32), plus horizontal flips only if
+``config.weak_flip`` (the reference flips; digits must not be flipped); strong = weak + two random operations
++ cutout.
+
+Deviations from the reference (each documented where it lives):
 - the strong augmentation is RandAugment-style, not CTAugment (:mod:`robustbench_norm.training.augment`);
 - the EMA model starts as a copy of the model, not at zero (objax's EMA starts at zero without bias
   correction; after the reference's 131k steps the difference is a factor 0.999**131072 ~ 1e-57, but in a
   short run a zero start would shrink every weight);
 - an epoch is one pass over the source set in batches of B (the last incomplete batch is dropped), the
-  target is cycled through in seeded random permutations; the reference streams both for 8 Mi images.
+  target is cycled through in seeded random permutations; the reference streams both for 8 Mi images;
 - images are augmented on the training device instead of in a CPU input pipeline.
 
 With Context Normalization (paper section IV-F) the context is the domain: the source samples carry
@@ -108,7 +113,7 @@ class DistributionAlignment:
     the last ``window`` batch-mean target class probabilities; both start uniform (the reference's
     ``init_value = 1 / num_classes``; the window starts filled with uniform entries, which the first
     ``window`` batches push out). :meth:`align` returns
-    ``q_ik = r_ik / sum_j r_ij`` with ``r = p_target_probs * (1e-6 + p_source) / (1e-6 + p_target)``.
+    ``q_ik = r_ik / sum_j r_ij`` with ``r = probs * (1e-6 + p_source) / (1e-6 + p_target)`` (per class).
     State tensors: ``p_source`` (K,), ``target_history`` (window, K); cost O(N K) per batch.
     """
 

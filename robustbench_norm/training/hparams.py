@@ -35,7 +35,8 @@ class AdaMatchConfig:
     lr decays as ``lr * cos(arccos(lr_final_fraction) * t)`` over training progress t in [0, 1]; the unlabeled
     loss weight warms up as ``1/2 - 1/2 cos(pi t / warmup_fraction)`` and stays 1 after ``warmup_fraction``;
     ``weight_decay`` is the coefficient of ``1/2 sum ||w||^2`` (identical to SGD's weight decay), applied as in
-    the reference to convolution and linear weights only.
+    the reference to convolution and linear weights only. ``weak_flip`` adds random horizontal flips to the
+    weak augmentation: the reference flips natural images; digits must not be flipped, hence off by default.
     """
 
     epochs: int = 10
@@ -51,8 +52,7 @@ class AdaMatchConfig:
     target_distribution_window: int = 128
     warmup_fraction: float = 0.5
     eval_batch_size: int = 256
-    weak_flip: bool = False  # random horizontal flips in the weak augmentation: the reference flips natural
-    # images ("sm"); digits must not be flipped, hence off by default
+    weak_flip: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

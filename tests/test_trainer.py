@@ -1,0 +1,256 @@
+"""Supervised trainer: determinism, learning, divergence, contexts, drop_last, devices, prediction."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import pytest
+import torch
+from torch import nn
+
+from robustbench_norm.models import build_model
+from robustbench_norm.norms.routing import ContextConsumer
+from robustbench_norm.training import (
+    TrainConfig,
+    TrainingDiverged,
+    predict_logits,
+    resolve_device,
+    seed_everything,
+    train_supervised,
+)
+from robustbench_norm.training import trainer as trainer_module
+from robustbench_norm.training.hparams import DIGITS_MNIST_NET
+
+
+@dataclass
+class Images:
+    """Stand-in for ``ImageSet``: uint8 images (N, C, H, W) and int64 labels."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+
+    def as_float(self) -> torch.Tensor:
+        return self.images.float() / 255
+
+
+def separable(n: int = 48, seed: int = 0) -> Images:
+    """Three classes of 1x8x8 images: class k has a bright k-th horizontal band on dim noise."""
+    generator = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % 3
+    images = torch.randint(0, 60, (n, 1, 8, 8), generator=generator)
+    for k in range(3):
+        images[labels == k, :, 3 * k : 3 * k + 2, :] += 180
+    return Images(images.to(torch.uint8), labels)
+
+
+def indexed(n: int) -> Images:
+    """Images whose pixel (0, 0, 0) holds the sample's index (so a layer can tell which samples it saw)."""
+    images = torch.zeros(n, 1, 4, 4, dtype=torch.uint8)
+    images[:, 0, 0, 0] = torch.arange(n, dtype=torch.uint8)
+    return Images(images, torch.arange(n) % 2)
+
+
+class RecordingContext(ContextConsumer):
+    """Test context layer: records (sample indices from pixel (0,0,0), context ids) of every call."""
+
+    def __init__(self, num_contexts: int) -> None:
+        super().__init__(num_contexts)
+        self.calls: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ids = self.current_context(x.shape[0])
+        self.calls.append(((x[:, 0, 0, 0] * 255).round().long(), ids.clone()))
+        return x
+
+
+def context_model(num_contexts: int) -> nn.Module:
+    return nn.Sequential(RecordingContext(num_contexts), nn.Flatten(), nn.Linear(16, 2))
+
+
+def quick_model(seed: int = 0) -> nn.Module:
+    seed_everything(seed)
+    return build_model("quick_cnn", num_classes=3, in_channels=1, image_size=8, norm="batchnorm")
+
+
+FAST = TrainConfig(epochs=2, batch_size=8, lr=0.05)
+
+
+def test_same_seed_gives_identical_weights():
+    data = separable()
+    states = []
+    for _ in range(2):
+        model = quick_model(0)
+        train_supervised(model, data, FAST, device=torch.device("cpu"), seed=1, progress=False)
+        states.append(model.state_dict())
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+    other = quick_model(0)
+    train_supervised(other, data, FAST, device=torch.device("cpu"), seed=2, progress=False)
+    assert not all(torch.equal(states[0][k], other.state_dict()[k]) for k in states[0])
+
+
+def test_loss_decreases_and_the_model_learns():
+    data = separable(n=60)
+    model = quick_model(0)
+    config = TrainConfig(epochs=6, batch_size=10, lr=0.05)
+    history = train_supervised(model, data, config, device=torch.device("cpu"), seed=0, progress=False)
+    assert [h["epoch"] for h in history] == [1, 2, 3, 4, 5, 6]
+    assert history[-1]["loss"] < 0.5 * history[0]["loss"]
+    assert history[-1]["train_accuracy"] >= 0.9
+    test = separable(n=30, seed=1)
+    logits = predict_logits(model, test.as_float(), batch_size=7, device=torch.device("cpu"))
+    assert (logits.argmax(1) == test.labels).float().mean() >= 0.9
+
+
+def test_history_fields_and_cosine_lr():
+    data = separable(n=24)
+    config = TrainConfig(epochs=3, batch_size=8, lr=0.1)
+    history = train_supervised(quick_model(), data, config, device=torch.device("cpu"), seed=0, progress=False)
+    assert set(history[0]) == {"epoch", "loss", "train_accuracy", "seconds", "lr"}
+    total = 3 * 3  # 3 steps per epoch
+    for epoch, record in enumerate(history, start=1):
+        last_step = epoch * 3 - 1
+        assert record["lr"] == pytest.approx(0.1 * 0.5 * (1 + math.cos(math.pi * last_step / total)))
+        assert 0.0 <= record["train_accuracy"] <= 1.0 and record["seconds"] >= 0.0
+
+
+def test_adam_and_constant_schedule():
+    config = TrainConfig(epochs=1, batch_size=8, lr=1e-3, optimizer="adam", schedule="constant")
+    history = train_supervised(quick_model(), separable(n=16), config, device=torch.device("cpu"), seed=0,
+                               progress=False)
+    assert history[0]["lr"] == 1e-3
+
+
+@pytest.mark.parametrize(
+    "field, value, match",
+    [("optimizer", "rmsprop", "valid optimizers"), ("schedule", "step", "valid schedules"),
+     ("epochs", 0, "epochs must be >= 1")],
+)
+def test_bad_config_raises(field, value, match):
+    config = TrainConfig(**{**FAST.as_dict(), field: value})
+    with pytest.raises(ValueError, match=match):
+        train_supervised(quick_model(), separable(n=16), config, device=torch.device("cpu"), seed=0,
+                         progress=False)
+
+
+class InfiniteLogits(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(64, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x.flatten(1)) * float("inf")
+
+
+def test_non_finite_loss_raises_with_epoch_step_and_value():
+    with pytest.raises(TrainingDiverged, match=r"epoch 1, step 1/6 .*loss = nan"):
+        train_supervised(InfiniteLogits(), separable(), FAST, device=torch.device("cpu"), seed=0, progress=False)
+
+
+def test_huge_learning_rate_diverges():
+    seed_everything(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 3))
+    config = TrainConfig(epochs=5, batch_size=8, lr=1e10, schedule="constant", weight_decay=0.0)
+    with pytest.raises(TrainingDiverged, match=r"epoch \d+, step \d+/6 .*loss = (nan|inf)"):
+        train_supervised(model, separable(), config, device=torch.device("cpu"), seed=0, progress=False)
+    assert issubclass(TrainingDiverged, RuntimeError)
+
+
+def test_contexts_reach_the_context_layer_aligned_with_samples():
+    data = indexed(12)
+    contexts = torch.tensor([0, 1, 2, 0, 1, 2, 2, 2, 1, 1, 0, 0])
+    model = context_model(num_contexts=3)
+    config = TrainConfig(epochs=2, batch_size=4, lr=0.01)
+    train_supervised(model, data, config, device=torch.device("cpu"), seed=0, contexts=contexts, progress=False)
+    layer = model[0]
+    assert len(layer.calls) == 6
+    for samples, ids in layer.calls:
+        assert torch.equal(ids, contexts[samples])
+    layer.calls.clear()
+    predict_logits(model, data.as_float(), batch_size=5, device=torch.device("cpu"), contexts=contexts)
+    assert [len(s) for s, _ in layer.calls] == [5, 5, 2]
+    for samples, ids in layer.calls:
+        assert torch.equal(ids, contexts[samples])
+    assert torch.equal(torch.cat([s for s, _ in layer.calls]), torch.arange(12))
+
+
+def test_context_ids_must_align_with_the_data():
+    with pytest.raises(ValueError, match=r"int64 tensor of shape \(12,\)"):
+        train_supervised(context_model(3), indexed(12), FAST, device=torch.device("cpu"), seed=0,
+                         contexts=torch.zeros(11, dtype=torch.long), progress=False)
+
+
+def test_drop_last_gives_full_batches_only():
+    data = indexed(10)
+    model = context_model(num_contexts=1)
+    config = TrainConfig(epochs=3, batch_size=4, lr=0.01)
+    history = train_supervised(model, data, config, device=torch.device("cpu"), seed=0,
+                               contexts=torch.zeros(10, dtype=torch.long), progress=False)
+    calls = model[0].calls
+    assert len(calls) == 3 * 2 and all(len(samples) == 4 for samples, _ in calls)
+    for epoch in range(3):
+        seen = torch.cat([samples for samples, _ in calls[2 * epoch : 2 * epoch + 2]])
+        assert len(set(seen.tolist())) == 8  # 8 distinct samples, 2 left out this epoch
+    assert len(history) == 3
+
+
+def test_batch_size_larger_than_data_raises():
+    with pytest.raises(ValueError, match=r"batch_size 11 must lie in \[1, 10\]"):
+        train_supervised(context_model(1), indexed(10), TrainConfig(batch_size=11), device=torch.device("cpu"),
+                         seed=0, progress=False)
+
+
+def test_predict_logits_matches_eval_forward_and_restores_mode():
+    model = quick_model()
+    train_supervised(model, separable(n=16), FAST, device=torch.device("cpu"), seed=0, progress=False)
+    model.train()
+    x = separable(n=13, seed=3).as_float()
+    logits = predict_logits(model, x, batch_size=5, device=torch.device("cpu"))
+    assert model.training
+    model.eval()
+    with torch.no_grad():
+        expected = model(x)
+    assert logits.shape == (13, 3) and logits.device.type == "cpu"
+    assert torch.allclose(logits, expected, atol=1e-6)
+
+
+def test_resolve_device(monkeypatch):
+    assert resolve_device("cpu") == torch.device("cpu")
+    monkeypatch.setattr(trainer_module.torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == torch.device("cpu")
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        resolve_device("cuda")
+    monkeypatch.setattr(trainer_module.torch.cuda, "is_available", lambda: True)
+    assert resolve_device("auto") == torch.device("cuda")
+    with pytest.raises(ValueError, match=r"'tpu'.*\('auto', 'cpu', 'cuda'\)"):
+        resolve_device("tpu")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_trains_on_cuda():
+    model = quick_model()
+    device = torch.device("cuda")
+    history = train_supervised(model, separable(), FAST, device=device, seed=0, progress=False)
+    assert len(history) == 2
+    assert predict_logits(model, separable().as_float(), batch_size=16, device=device).device.type == "cpu"
+
+
+@pytest.mark.slow
+def test_localnorm_mnist_net_learns_digits():
+    """The issue's goal: the LocalNorm paper's MNIST net with BatchNorm reaches >= 95% on embedded digits."""
+    data = pytest.importorskip("robustbench_norm.data")
+    if not hasattr(data, "load_dataset"):
+        pytest.skip("robustbench_norm.data.load_dataset is not available yet")
+    bundle = data.load_dataset("digits")
+    seed_everything(0)
+    model = build_model("localnorm_mnist", num_classes=bundle.num_classes, in_channels=bundle.channels,
+                        image_size=bundle.image_size, norm="batchnorm")
+    start = time.perf_counter()
+    train_supervised(model, bundle.train, DIGITS_MNIST_NET, device=torch.device("cpu"), seed=0, progress=False)
+    seconds = time.perf_counter() - start
+    logits = predict_logits(model, bundle.test.as_float(), batch_size=DIGITS_MNIST_NET.eval_batch_size,
+                            device=torch.device("cpu"))
+    accuracy = (logits.argmax(1) == bundle.test.labels).float().mean().item()
+    print(f"localnorm_mnist + batchnorm on digits: test accuracy {accuracy:.4f}, training {seconds:.1f} s")
+    assert accuracy >= 0.95
