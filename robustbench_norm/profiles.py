@@ -128,7 +128,9 @@ QUICK = Profile(
         source=DataSpec("digits", image_size=32, channels=3),
         target=DataSpec("street_digits", train_size=1500, test_size=500),
         arch="quick_cnn",
-        adamatch=AdaMatchConfig(epochs=8, source_batch_size=32),
+        # ~360 steps: the reference's 0.999 EMAs would still hold most of their initial values
+        adamatch=AdaMatchConfig(epochs=8, source_batch_size=32, ema_momentum=0.99,
+                                source_distribution_momentum=0.99),
         source_only=TrainConfig(epochs=8, batch_size=32, lr=0.03, weight_decay=1e-3),
     ),
     blend=MixtureSettings(

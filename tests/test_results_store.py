@@ -19,7 +19,6 @@ from robustbench_norm.results.rows import (
     KEY_FIELDS,
     ResultRow,
     frame_to_rows,
-    read_frame_csv,
     rows_to_frame,
 )
 from robustbench_norm.results.store import ResultStore, atomic_write

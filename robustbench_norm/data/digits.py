@@ -6,7 +6,7 @@ Source: ``sklearn.datasets.load_digits`` (the UCI optical-recognition digits: 1,
 MNIST's framing (a 20x20 digit box centred in a 28x28 field, white ink on black). Grey, one channel.
 
 Split: fixed and stratified, independent of the seed: ``train_test_split`` with ``test_size=360``,
-``stratify=labels`` and ``random_state=0`` gives 1,437 train and 360 test images (36 per class in test).
+``stratify=labels`` and ``random_state=0`` gives 1,437 train and 360 test images (35 to 37 per class in test).
 """
 
 from __future__ import annotations

@@ -108,7 +108,7 @@ def robustness_table(df: pd.DataFrame, reference_norm: str = REFERENCE_NORM,
                *(f"{m}_{s}" for m in ROBUSTNESS_MEASURES for s in ("mean", "se")), "note"]
     table = pd.DataFrame(records, columns=columns)
     is_reference = (table["norm"] == reference_norm) & (table["eval_mode"] == reference_eval_mode)
-    table = pd.concat([table.loc[is_reference], table.loc[~is_reference]], ignore_index=True)
+    table = table.iloc[np.argsort(~is_reference.to_numpy(), kind="stable")].reset_index(drop=True)
     table.attrs["notes"] = sorted({note for note in table["note"] if note})
     return table
 
