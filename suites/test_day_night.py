@@ -4,8 +4,8 @@ Quick profile: the embedded street digits and their night rendering (gamma, blue
 paper profile: two image folders (``--data-dir``/daynight). Rows: accuracy on day and on night. For a
 context layer on the input image, the paper's day->night translation (normalise with the day context,
 de-normalise with the night context) is saved as an image grid next to the CSV: top row day images,
-middle row their translation, bottom row night images (quick profile: the night rendering of the same
-images).
+middle row their translation, bottom row night test images (other scenes: day and night sets are unpaired,
+as real day and night photographs are).
 """
 
 from __future__ import annotations
