@@ -18,7 +18,7 @@ import torch
 from robustbench_norm.evaluation import predict
 from robustbench_norm.norms import get_norm
 from robustbench_norm.results import confusion_matrix
-from robustbench_norm.training import train_adamatch
+from robustbench_norm.training.adamatch import train_adamatch
 from suites.bench import Bench, spec_dict, timed
 
 SCENARIO = "domain_shift"

@@ -1,130 +1,37 @@
 """Real data-set loading (robustbench_norm.data.real) on tiny files in the real formats, written by the tests.
 
 Formats: MNIST idx files, SVHN .mat (scipy), CIFAR-10/100 Python pickles, day/night PNG folders. torchvision checks
-the MD5 of every SVHN and CIFAR file against the official release; for the tiny files the tests substitute their
-MD5s in torchvision's checksum tables (monkeypatch, undone after each test), so the loading code under test is the
-real torchvision code, checksum verification included. One test per format checks that without the substitution
-the loader refuses the files.
+the MD5 of every SVHN and CIFAR file; the writers in ``tests/real_format_files.py`` substitute the tiny files' MD5s
+(see there), so the loading code under test is the real torchvision code, checksum verification included. One test
+per format checks that without the substitution the loader refuses the files.
 """
 
 from __future__ import annotations
 
-import hashlib
-import pickle
-import struct
-from pathlib import Path
 
 import numpy as np
 import pytest
-import scipy.io
 import torch
 from PIL import Image
 
-from robustbench_norm._torchvision import import_torchvision
 from robustbench_norm.data import DatasetNotFoundError, load_dataset
+from tests.real_format_files import (
+    patch_cifar_checksums,
+    patch_svhn_checksums,
+    write_cifar,
+    write_daynight,
+    write_mnist,
+    write_svhn,
+)
 
 REAL = ("mnist", "svhn", "cifar10", "cifar100", "daynight")
-
-
-def _md5(path: Path) -> str:
-    return hashlib.md5(path.read_bytes()).hexdigest()
-
-
-def _pixels(rng: np.random.Generator, *shape: int) -> np.ndarray:
-    return rng.integers(0, 256, size=shape, dtype=np.uint8)
-
-
-# ---------------------------------------------------------------- writers (the formats' specifications)
-
-
-def _write_mnist(root: Path, rng: np.random.Generator) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    raw = root / "MNIST" / "raw"
-    raw.mkdir(parents=True)
-    written = {}
-    for prefix, count in (("train", 12), ("t10k", 5)):
-        images, labels = _pixels(rng, count, 28, 28), rng.integers(0, 10, size=count).astype(np.uint8)
-        (raw / f"{prefix}-images-idx3-ubyte").write_bytes(struct.pack(">IIII", 2051, count, 28, 28) + images.tobytes())
-        (raw / f"{prefix}-labels-idx1-ubyte").write_bytes(struct.pack(">II", 2049, count) + labels.tobytes())
-        written[prefix] = (images, labels)
-    return written
-
-
-def _write_svhn(root: Path, rng: np.random.Generator) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    folder = root / "svhn"
-    folder.mkdir(parents=True)
-    written = {}
-    for split, count in (("train", 9), ("test", 4)):
-        x = _pixels(rng, 32, 32, 3, count)  # (H, W, C, N), as in the official files
-        y = np.array([[10], [1], [2], [3], [4], [5], [6], [7], [10]][:count], dtype=np.uint8)  # label 10 = digit 0
-        scipy.io.savemat(folder / f"{split}_32x32.mat", {"X": x, "y": y})
-        written[split] = (x, y)
-    return written
-
-
-def _patch_svhn_checksums(monkeypatch, root: Path) -> None:
-    svhn = import_torchvision().datasets.SVHN
-    for split in ("train", "test"):
-        url, filename, _ = svhn.split_list[split]
-        monkeypatch.setitem(svhn.split_list, split, [url, filename, _md5(root / "svhn" / filename)])
-
-
-def _pickle(path: Path, entry: dict) -> None:
-    with open(path, "wb") as handle:
-        pickle.dump(entry, handle)
-
-
-def _write_cifar(root: Path, rng: np.random.Generator, hundred: bool) -> dict[str, dict]:
-    cifar = import_torchvision().datasets.CIFAR100 if hundred else import_torchvision().datasets.CIFAR10
-    folder = root / cifar.base_folder
-    folder.mkdir(parents=True)
-    written: dict[str, dict] = {"train": [], "test": []}
-    for split, file_list in (("train", cifar.train_list), ("test", cifar.test_list)):
-        for filename, _ in file_list:
-            count = 6
-            entry = {"batch_label": filename, "data": _pixels(rng, count, 3072)}
-            if hundred:
-                entry["fine_labels"] = rng.integers(0, 100, size=count).tolist()
-                entry["coarse_labels"] = rng.integers(0, 20, size=count).tolist()
-            else:
-                entry["labels"] = rng.integers(0, 10, size=count).tolist()
-            _pickle(folder / filename, entry)
-            written[split].append(entry)
-    meta = {"fine_label_names": [f"f{i}" for i in range(100)], "coarse_label_names": [f"c{i}" for i in range(20)]} \
-        if hundred else {"label_names": [f"class{i}" for i in range(10)], "num_cases_per_batch": 6}
-    _pickle(folder / cifar.meta["filename"], meta)
-    return written
-
-
-def _patch_cifar_checksums(monkeypatch, root: Path, hundred: bool) -> None:
-    cifar = import_torchvision().datasets.CIFAR100 if hundred else import_torchvision().datasets.CIFAR10
-    folder = root / cifar.base_folder
-    for attribute in ("train_list", "test_list"):
-        table = [[filename, _md5(folder / filename)] for filename, _ in getattr(cifar, attribute)]
-        monkeypatch.setattr(cifar, attribute, table)
-    meta = dict(cifar.meta, md5=_md5(folder / cifar.meta["filename"]))
-    monkeypatch.setattr(cifar, "meta", meta)
-
-
-def _write_daynight(root: Path, rng: np.random.Generator, size: int = 8) -> dict[bytes, tuple[str, int, int]]:
-    """Write PNGs; returns {pixel bytes (C, H, W): (split, class id, context)}."""
-    written = {}
-    for split, per_class in (("train", 3), ("test", 2)):
-        for time, context in (("day", 0), ("night", 1)):
-            for label, name in enumerate(("cat", "dog")):  # ImageFolder sorts class folders: cat = 0, dog = 1
-                folder = root / "daynight" / split / time / name
-                folder.mkdir(parents=True)
-                for index in range(per_class):
-                    pixels = _pixels(rng, size, size, 3)
-                    Image.fromarray(pixels).save(folder / f"{index}.png")
-                    written[pixels.transpose(2, 0, 1).tobytes()] = (split, label, context)
-    return written
 
 
 # ---------------------------------------------------------------- loading
 
 
 def test_mnist_idx_files(tmp_path):
-    written = _write_mnist(tmp_path, np.random.default_rng(0))
+    written = write_mnist(tmp_path, np.random.default_rng(0))
     bundle = load_dataset("mnist", data_dir=tmp_path)
     assert (bundle.num_classes, bundle.channels, bundle.image_size) == (10, 1, 28)
     for split, prefix in (("train", "train"), ("test", "t10k")):
@@ -139,8 +46,8 @@ def test_mnist_idx_files(tmp_path):
 
 
 def test_svhn_mat_files_map_label_10_to_0(tmp_path, monkeypatch):
-    written = _write_svhn(tmp_path, np.random.default_rng(1))
-    _patch_svhn_checksums(monkeypatch, tmp_path)
+    written = write_svhn(tmp_path, np.random.default_rng(1))
+    patch_svhn_checksums(monkeypatch, tmp_path)
     bundle = load_dataset("svhn", data_dir=tmp_path)
     assert (bundle.num_classes, bundle.channels, bundle.image_size) == (10, 3, 32)
     for split in ("train", "test"):
@@ -156,15 +63,15 @@ def test_svhn_mat_files_map_label_10_to_0(tmp_path, monkeypatch):
 
 
 def test_svhn_files_failing_the_checksum_are_refused(tmp_path):
-    _write_svhn(tmp_path, np.random.default_rng(1))
+    write_svhn(tmp_path, np.random.default_rng(1))
     with pytest.raises(RuntimeError, match="MD5"):
         load_dataset("svhn", data_dir=tmp_path)
 
 
 @pytest.mark.parametrize("hundred", [False, True], ids=["cifar10", "cifar100"])
 def test_cifar_pickles(tmp_path, monkeypatch, hundred):
-    written = _write_cifar(tmp_path, np.random.default_rng(2), hundred)
-    _patch_cifar_checksums(monkeypatch, tmp_path, hundred)
+    written = write_cifar(tmp_path, np.random.default_rng(2), hundred)
+    patch_cifar_checksums(monkeypatch, tmp_path, hundred)
     name = "cifar100" if hundred else "cifar10"
     bundle = load_dataset(name, data_dir=tmp_path)
     assert (bundle.num_classes, bundle.channels, bundle.image_size) == (100 if hundred else 10, 3, 32)
@@ -186,8 +93,8 @@ def test_cifar_pickles(tmp_path, monkeypatch, hundred):
 
 
 def test_cifar_subset_is_stratified(tmp_path, monkeypatch):
-    _write_cifar(tmp_path, np.random.default_rng(3), hundred=False)
-    _patch_cifar_checksums(monkeypatch, tmp_path, hundred=False)
+    write_cifar(tmp_path, np.random.default_rng(3), hundred=False)
+    patch_cifar_checksums(monkeypatch, tmp_path, hundred=False)
     full = load_dataset("cifar10", data_dir=tmp_path)
     part = load_dataset("cifar10", data_dir=tmp_path, train_size=10, seed=4)
     assert len(part.train) == 10 and len(part.test) == 6
@@ -196,13 +103,13 @@ def test_cifar_subset_is_stratified(tmp_path, monkeypatch):
 
 
 def test_cifar_files_failing_the_checksum_are_refused(tmp_path):
-    _write_cifar(tmp_path, np.random.default_rng(2), hundred=False)
+    write_cifar(tmp_path, np.random.default_rng(2), hundred=False)
     with pytest.raises(RuntimeError, match="MD5"):
         load_dataset("cifar10", data_dir=tmp_path)
 
 
 def test_daynight_folders(tmp_path):
-    written = _write_daynight(tmp_path, np.random.default_rng(4))
+    written = write_daynight(tmp_path, np.random.default_rng(4))
     bundle = load_dataset("daynight", data_dir=tmp_path)
     assert (bundle.num_classes, bundle.channels, bundle.image_size) == (2, 3, 8)
     for split, count in (("train", 12), ("test", 8)):
@@ -215,7 +122,7 @@ def test_daynight_folders(tmp_path):
 
 
 def test_daynight_rejects_mismatched_classes_and_sizes(tmp_path):
-    _write_daynight(tmp_path, np.random.default_rng(5))
+    write_daynight(tmp_path, np.random.default_rng(5))
     extra = tmp_path / "daynight" / "train" / "night" / "emu"
     extra.mkdir()
     Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(extra / "0.png")
@@ -248,7 +155,7 @@ def test_missing_data_dir_says_how_to_get_it():
 
 
 def test_partly_missing_mnist_names_the_missing_file(tmp_path):
-    _write_mnist(tmp_path, np.random.default_rng(6))
+    write_mnist(tmp_path, np.random.default_rng(6))
     (tmp_path / "MNIST" / "raw" / "t10k-labels-idx1-ubyte").unlink()
     with pytest.raises(DatasetNotFoundError, match="t10k-labels-idx1-ubyte"):
         load_dataset("mnist", data_dir=tmp_path)

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from reference_loops import (
+from tests.reference_loops import (
     loop_batchnorm_running,
     loop_batchnorm_train,
     loop_channel_moments,

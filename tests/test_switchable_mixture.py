@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from reference_loops import loop_fit_mixture, loop_mixture_moments, loop_mixturenorm, loop_switchnorm
+from tests.reference_loops import loop_fit_mixture, loop_mixture_moments, loop_mixturenorm, loop_switchnorm
 from robustbench_norm.norms import build_norm, get_norm
 from robustbench_norm.norms.mixture import (
     MIN_PRIOR,

@@ -52,9 +52,9 @@ from torch.autograd.function import once_differentiable
 from robustbench_norm.norms.registry import register_norm
 from robustbench_norm.norms.standard import check_eps, check_input_2d, check_num_features
 
-# Values per batch chunk: the float64 temporaries of one chunk (a few MB) stay in cache.
+# Values per batch chunk: the temporaries of one chunk (a few MB) stay in cache.
 _CHUNK_ELEMENTS = 1 << 20
-_STATS_DTYPE = torch.float64
+_SUMS_DTYPE = torch.float64
 
 
 @dataclass(frozen=True)
@@ -79,77 +79,98 @@ class _Axis:
         """The window spans the whole axis: one statistic for the axis, kept as a broadcast dimension."""
         return self.window == self.size
 
+    @property
+    def out_size(self) -> int:
+        """Length of a statistic along the axis: the map size, or 1 (broadcast) for a full window."""
+        return 1 if self.full else self.size
 
-def _cumsum_(t: torch.Tensor, dim: int) -> torch.Tensor:
-    """In-place inclusive prefix sums of ``t`` along ``dim``.
 
-    On the CPU a scan over a non-innermost dimension is done as a sequence of row additions (each one
-    vectorised over the trailing dimension): PyTorch's CPU scan walks such a dimension one column at a time,
-    which is several times slower for feature maps (and worse at power-of-two widths).
+def _scratch(like: torch.Tensor, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """Uninitialised buffer of ``shape`` whose rows are stored with an odd stride.
+
+    A scan over rows (``cumsum`` along dim -2) whose row stride is a power of two makes every column hit the
+    same few cache sets; PyTorch's CPU scan then runs several times slower. One spare column avoids it.
     """
-    if dim == t.dim() - 1 or t.device.type != "cpu":
-        return t.cumsum_(dim)
-    for i in range(1, t.shape[dim]):
-        t.select(dim, i).add_(t.select(dim, i - 1))
-    return t
+    spare = 1 - shape[-1] % 2
+    return like.new_empty((*shape[:-1], shape[-1] + spare), dtype=dtype).narrow(-1, 0, shape[-1])
 
 
-def _window_sums(s: torch.Tensor, dim: int, axis: _Axis) -> torch.Tensor:
-    """Sums of the ``axis.positions`` windows that fit inside the map along ``dim``; overwrites ``s``."""
+def _resized(t: torch.Tensor, dim: int, length: int) -> tuple[int, ...]:
+    shape = list(t.shape)
+    shape[dim] = length
+    return tuple(shape)
+
+
+def _valid_sums(s: torch.Tensor, dim: int, axis: _Axis) -> torch.Tensor:
+    """Sums of the ``axis.positions`` windows that fit inside the map along ``dim`` of (B, h, w) ``s``.
+
+    One prefix sum (in place: ``s`` is overwritten) and one difference. The column pass (dim 2) writes a
+    buffer with an odd row stride, because the row pass scans it next.
+    """
     if axis.window == 1:
         return s
     if axis.full:
         return s.sum(dim, keepdim=True)
-    prefix = _cumsum_(s, dim)
+    if dim == 1 and s.stride(1) % 2 == 0:
+        s = _scratch(s, s.shape, s.dtype).copy_(s)
+    prefix = s.cumsum_(dim)
     length = axis.positions
-    out = prefix.narrow(dim, axis.window - 1, length).clone()
-    out.narrow(dim, 1, length - 1).sub_(prefix.narrow(dim, 0, length - 1))
+    shape = _resized(s, dim, length)
+    out = _scratch(s, shape, s.dtype) if dim == 2 else s.new_empty(shape)
+    out.narrow(dim, 0, 1).copy_(prefix.narrow(dim, axis.window - 1, 1))
+    torch.sub(
+        prefix.narrow(dim, axis.window, length - 1),
+        prefix.narrow(dim, 0, length - 1),
+        out=out.narrow(dim, 1, length - 1),
+    )
     return out
 
 
-def _box_sums(s: torch.Tensor, rows: _Axis, cols: _Axis) -> torch.Tensor:
-    """Clamped-window sums of ``s`` (B, H, W): the distinct windows, replicated onto the border pixels.
-
-    Overwrites ``s``. A full axis stays of length 1 (every pixel has the same window), to broadcast.
+def _replicate(valid: torch.Tensor, rows: _Axis, cols: _Axis) -> torch.Tensor:
+    """Statistics of every pixel from those of the window positions: the clamped windows of the border
+    pixels repeat the first/last position (replicate padding). Full axes stay of length 1.
     """
-    valid = _window_sums(_window_sums(s, 2, cols), 1, rows)
-    pad_rows = (0, 0) if rows.full else (rows.before, rows.size - rows.positions - rows.before)
-    pad_cols = (0, 0) if cols.full else (cols.before, cols.size - cols.positions - cols.before)
-    if pad_rows == (0, 0) and pad_cols == (0, 0):
-        return valid
-    return F.pad(valid, (*pad_cols, *pad_rows), mode="replicate")
+    out = valid.new_empty((*valid.shape[:-2], rows.out_size, cols.out_size))
+    r0, c0 = (0 if rows.full else rows.before), (0 if cols.full else cols.before)
+    r1, c1 = r0 + valid.shape[-2], c0 + valid.shape[-1]
+    out[..., r0:r1, c0:c1].copy_(valid)
+    if r0:
+        out[..., :r0, c0:c1].copy_(out[..., r0 : r0 + 1, c0:c1])
+    if r1 < out.shape[-2]:
+        out[..., r1:, c0:c1].copy_(out[..., r1 - 1 : r1, c0:c1])
+    if c0:
+        out[..., :c0].copy_(out[..., c0 : c0 + 1])
+    if c1 < out.shape[-1]:
+        out[..., c1:].copy_(out[..., c1 - 1 : c1])
+    return out
 
 
-def _window_sums_adjoint(a: torch.Tensor, dim: int, axis: _Axis) -> torch.Tensor:
-    """Adjoint of one axis of :func:`_box_sums`: each pixel gets the sum of ``a`` over the outputs whose
-    window contains it. A full axis comes out of length 1 (the same sum for every pixel).
+def _adjoint_sums(a: torch.Tensor, dim: int, axis: _Axis) -> torch.Tensor:
+    """Adjoint of one axis of the clamped-window sum on (B, h, w) ``a``: each pixel k gets the sum of ``a``
+    over the outputs whose window contains k. A full axis comes out of length 1 (the same sum everywhere).
 
-    First the border outputs, which share the first (last) window, are folded onto it (adjoint of the
-    replicate padding), giving one value per window position, f. Then pixel k collects the positions
-    j in [k - window + 1, k] that exist: with F the prefix sums of f, ``F[min(k, L - 1)] - F[k - window]``
-    (the second term only for k >= window).
+    The border outputs share the first (last) window position, so they are first folded onto it (the
+    adjoint of replicate padding), giving f of length L = positions. Pixel k lies in the windows of the
+    positions j in [k - window + 1, k] within [0, L); with F the prefix sums of f that is
+    ``F[min(k, L - 1)] - F[k - window]`` (the second term only for k >= window).
     """
     if axis.window == 1:
         return a
     if axis.full:
         return a.sum(dim, keepdim=True)
-    length = axis.positions
-    after = axis.size - length - axis.before
-    folded = a.narrow(dim, axis.before, length).clone()
+    length, size = axis.positions, axis.size
+    after = size - length - axis.before
+    folded = _scratch(a, _resized(a, dim, length), a.dtype).copy_(a.narrow(dim, axis.before, length))
     if axis.before:
         folded.narrow(dim, 0, 1).add_(a.narrow(dim, 0, axis.before).sum(dim, keepdim=True))
     if after:
-        folded.narrow(dim, length - 1, 1).add_(a.narrow(dim, axis.size - after, after).sum(dim, keepdim=True))
-    prefix = _cumsum_(folded, dim)
-    pad = (0, axis.size - length, 0, 0) if dim == 2 else (0, 0, 0, axis.size - length)
-    out = F.pad(prefix, pad, mode="replicate")
+        folded.narrow(dim, length - 1, 1).add_(a.narrow(dim, size - after, after).sum(dim, keepdim=True))
+    prefix = folded.cumsum_(dim)
+    out = a.new_empty(_resized(a, dim, size))
+    out.narrow(dim, 0, length).copy_(prefix)
+    out.narrow(dim, length, size - length).copy_(prefix.narrow(dim, length - 1, 1))
     out.narrow(dim, axis.window, length - 1).sub_(prefix.narrow(dim, 0, length - 1))
     return out
-
-
-def _box_sums_adjoint(a: torch.Tensor, rows: _Axis, cols: _Axis) -> torch.Tensor:
-    """Adjoint of :func:`_box_sums` on (B, H, W), one axis after the other (the operator is separable)."""
-    return _window_sums_adjoint(_window_sums_adjoint(a, 2, cols), 1, rows)
 
 
 def _chunks(batch: int, per_sample: int) -> list[tuple[int, int]]:
@@ -158,24 +179,64 @@ def _chunks(batch: int, per_sample: int) -> list[tuple[int, int]]:
     return [(i, min(i + step, batch)) for i in range(0, batch, step)]
 
 
-def _statistics(
-    xs: torch.Tensor, rows: _Axis, cols: _Axis, eps: float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Window mean and 1 / sqrt(var + eps) in float64 for shifted input ``xs`` (n, G, g, H, W).
+def _statistics(xs: torch.Tensor, rows: _Axis, cols: _Axis, eps: float) -> torch.Tensor:
+    """Window mean and 1 / sqrt(var + eps) of the shifted input ``xs`` (n, G, g, H, W).
 
-    Returns tensors of shape (n, G, 1, H or 1, W or 1).
+    Returns a (2, n, G, 1, H or 1, W or 1) tensor (mean, rstd) in the dtype of ``xs``. The per-pixel group
+    sums s1 = sum_c x_c and s2 = sum_c x_c^2 are formed in the input dtype; their prefix sums and window
+    sums are float64, so the window sums carry no error from the size of the map. A 1 x 1 window needs no
+    window sums; its variance is formed directly as sum_c (x_c - mean)^2 / g.
     """
     n, groups, per_group, height, width = xs.shape
-    xs64 = xs.to(_STATS_DTYPE, copy=True)
-    sums = xs64.new_empty(2, n, groups, height, width)
-    torch.sum(xs64, 2, out=sums[0])
-    torch.sum(xs64.square_(), 2, out=sums[1])
-    box = _box_sums(sums.view(-1, height, width), rows, cols)
-    box = box.view(2, n, groups, 1, *box.shape[-2:])
-    count = per_group * rows.window * cols.window
-    mean = box[0] / count
-    var = (box[1] / count).sub_(mean.square()).clamp_min_(0.0)
-    return mean, var.add_(eps).rsqrt_()
+    if rows.window * cols.window == 1:
+        mean = xs.mean(2, keepdim=True)
+        var = (xs - mean).square_().mean(2, keepdim=True)
+        return torch.stack((mean, var.add_(eps).rsqrt_()))
+    planes = xs.new_empty(2, n, groups, height, width)
+    torch.sum(xs, 2, out=planes[0])
+    torch.sum(torch.square(xs), 2, out=planes[1])
+    wide = planes.view(-1, height, width).to(_SUMS_DTYPE)
+    sums = _valid_sums(_valid_sums(wide, 2, cols), 1, rows).to(xs.dtype)
+    sums = sums.view(2, n * groups, *sums.shape[-2:])
+    area = rows.window * cols.window
+    stats = sums.mul_(1.0 / (area * per_group))
+    stats[1].addcmul_(stats[0], stats[0], value=-1.0).clamp_min_(0.0).add_(eps).rsqrt_()
+    full = _replicate(stats, rows, cols)
+    return full.view(2, n, groups, 1, *full.shape[-2:])
+
+
+def _normalized(xs: torch.Tensor, stats: torch.Tensor) -> torch.Tensor:
+    """x_hat = (xs - mean) * rstd in one pass, as ``xs * rstd - mean * rstd``, written over ``xs``."""
+    mean, rstd = stats[0], stats[1]
+    return torch.addcmul(torch.mul(mean, rstd).neg_(), xs, rstd, out=xs)
+
+
+def _input_grad(g_hat: torch.Tensor, x_hat: torch.Tensor, stats: torch.Tensor, rows: _Axis, cols: _Axis,
+                out: torch.Tensor) -> None:
+    """Write dL/dx into ``out`` for one chunk, given dL/dx_hat = ``g_hat`` (all (n, G, g, H, W)).
+
+    With m = g * P * Q and, per pixel i, a_i = rstd_i / m * sum_group g_hat_i and
+    b_i = rstd_i^2 / m * sum_group g_hat_i * x_hat_i, the chain rule through mean and variance gives
+    dL/dx_k = g_hat_k * rstd_k - sum_{i: k in window(i)} (a_i + b_i * (x_k - mu_i)). With
+    x_k = mu_k + x_hat_k / rstd_k this is ``g_hat * rstd + x_hat * S + T`` with the two adjoint window sums
+    A = adj(a - b * mu) and B = adj(b):  S = -B / rstd,  T = -(A + mu * B).
+    ``out`` may hold ``g_hat`` itself.
+    """
+    n, groups, per_group, height, width = g_hat.shape
+    mean, rstd = stats[0], stats[1]
+    scale = rstd / (per_group * rows.window * cols.window)
+    terms = g_hat.new_empty(2, n, groups, 1, height, width)
+    torch.sum(g_hat, 2, keepdim=True, out=terms[0])
+    torch.sum(g_hat * x_hat, 2, keepdim=True, out=terms[1])
+    terms[1].mul_(scale).mul_(rstd)
+    terms[0].mul_(scale).addcmul_(terms[1], mean, value=-1.0)
+    wide = terms.view(-1, height, width).to(_SUMS_DTYPE)
+    adj = _adjoint_sums(_adjoint_sums(wide, 2, cols), 1, rows).to(g_hat.dtype)
+    adj = adj.view(2, n, groups, 1, *adj.shape[-2:])
+    scale_x_hat = torch.div(adj[1], rstd).neg_()
+    offset = torch.addcmul(adj[0], mean, adj[1]).neg_()
+    torch.mul(g_hat, rstd, out=out)
+    out.addcmul_(x_hat, scale_x_hat).add_(offset)
 
 
 class _LocalContextNormFunction(torch.autograd.Function):
@@ -202,18 +263,16 @@ class _LocalContextNormFunction(torch.autograd.Function):
             xv = x[start:stop].view(-1, *shape5)
             shift = xv.mean(dim=(2, 3, 4), keepdim=True)
             xs = xv - shift
-            mean64, rstd64 = _statistics(xs, rows, cols, eps)
-            mean, rstd = mean64.to(x.dtype), rstd64.to(x.dtype)
-            x_hat = xs.sub_(mean).mul_(rstd)
+            stats = _statistics(xs, rows, cols, eps)
+            x_hat = _normalized(xs, stats)
             out = y[start:stop].view_as(xv)
             if w5 is None:
                 out.copy_(x_hat)
             else:
-                torch.addcmul(b5, x_hat, w5, out=out)
-            saved += [shift, mean, rstd]
+                torch.mul(x_hat, w5, out=out).add_(b5)
+            saved += [shift, stats]
         ctx.save_for_backward(x, weight, *saved)
         ctx.setup = (groups, rows, cols)
-        ctx.has_bias = bias is not None
         return y
 
     @staticmethod
@@ -225,56 +284,25 @@ class _LocalContextNormFunction(torch.autograd.Function):
         batch, channels, height, width = x.shape
         shape5 = (groups, channels // groups, height, width)
         w5 = None if weight is None else weight.view(1, *shape5[:2], 1, 1)
-        count = shape5[1] * rows.window * cols.window
         grad_y = grad_y.contiguous()
         grad_x = torch.empty_like(x) if need_x else None
-        grad_w = torch.zeros(shape5[:2], dtype=x.dtype, device=x.device) if need_w else None
-        grad_b = torch.zeros(shape5[:2], dtype=x.dtype, device=x.device) if need_b else None
+        grad_w = x.new_zeros(channels) if need_w else None
+        grad_b = x.new_zeros(channels) if need_b else None
         for i, (start, stop) in enumerate(_chunks(batch, channels * height * width)):
-            shift, mean, rstd = saved[3 * i : 3 * i + 3]
+            shift, stats = saved[2 * i], saved[2 * i + 1]
             xv = x[start:stop].view(-1, *shape5)
             gy = grad_y[start:stop].view_as(xv)
-            x_hat = (xv - shift).sub_(mean).mul_(rstd)
+            x_hat = _normalized(xv - shift, stats)
             if need_w:
-                grad_w += (gy * x_hat).sum(dim=(0, 3, 4))
+                flat = (stop - start, channels, height * width)
+                grad_w += torch.matmul(gy.reshape(*flat[:2], 1, -1), x_hat.view(*flat, 1)).sum(0).view(-1)
             if need_b:
-                grad_b += gy.sum(dim=(0, 3, 4))
+                grad_b += gy.sum(dim=(0, 3, 4)).view(-1)
             if need_x:
-                g_hat = gy if w5 is None else gy * w5
-                _input_grad(g_hat, x_hat, mean, rstd, rows, cols, count, grad_x[start:stop].view_as(xv))
-        grad_w = None if grad_w is None else grad_w.view(-1)
-        grad_b = None if grad_b is None else grad_b.view(-1)
+                out = grad_x[start:stop].view_as(xv)
+                g_hat = gy if w5 is None else torch.mul(gy, w5, out=out)
+                _input_grad(g_hat, x_hat, stats, rows, cols, out)
         return grad_x, grad_w, grad_b, None, None, None, None
-
-
-def _input_grad(
-    g_hat: torch.Tensor,
-    x_hat: torch.Tensor,
-    mean: torch.Tensor,
-    rstd: torch.Tensor,
-    rows: _Axis,
-    cols: _Axis,
-    count: int,
-    out: torch.Tensor,
-) -> None:
-    """Write dL/dx into ``out`` for one chunk, given dL/dx_hat = ``g_hat`` (all (n, G, g, H, W)).
-
-    With a_i = rstd_i / m * sum_group g_hat_i and b_i = rstd_i^2 / m * sum_group g_hat_i * x_hat_i per pixel i,
-    dL/dx_k = g_hat_k * rstd_k - sum_{i: k in window(i)} (a_i + b_i * (x_k - mu_i)). With x_k - mu_k =
-    x_hat_k / rstd_k this is ``g_hat * rstd + x_hat * P + Q`` with the two adjoint box sums
-    A = adj(a - b * mu), B = adj(b):  P = -B / rstd,  Q = -(A + mu * B).
-    """
-    n, groups, _, height, width = g_hat.shape
-    mean64, rstd64 = mean.to(_STATS_DTYPE), rstd.to(_STATS_DTYPE)
-    a = g_hat.sum(2, keepdim=True).to(_STATS_DTYPE).mul_(rstd64 / count)
-    b = (g_hat * x_hat).sum(2, keepdim=True).to(_STATS_DTYPE).mul_(rstd64.square() / count)
-    terms = torch.stack((a - b * mean64, b)).view(-1, height, width)
-    adj = _box_sums_adjoint(terms, rows, cols)
-    adj = adj.view(2, n, groups, 1, *adj.shape[-2:])
-    scale_x_hat = (adj[1] / rstd64).neg_().to(out.dtype)
-    offset = (adj[0] + mean64 * adj[1]).neg_().to(out.dtype)
-    torch.mul(g_hat, rstd, out=out)
-    out.addcmul_(x_hat, scale_x_hat).add_(offset)
 
 
 def _window_arg(window_size: int | tuple[int, int] | list[int]) -> tuple[int, int]:

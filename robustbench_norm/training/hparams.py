@@ -56,3 +56,11 @@ class AdaMatchConfig:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+DIGITS_MNIST_NET = TrainConfig(epochs=8, batch_size=50, lr=0.05)
+"""The LocalNorm paper's MNIST net (``localnorm_mnist``) on the embedded ``digits`` (1,437 training images).
+
+Batch 50 rather than the paper's 100 gives twice the steps per epoch on this small set: 8 epochs (224 steps)
+reach 98-99% test accuracy with BatchNorm (seeds 0-3) in about 4 s on 2 CPU cores.
+"""

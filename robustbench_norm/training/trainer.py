@@ -1,10 +1,12 @@
 """Supervised training and batched prediction.
 
 Training minimises the cross-entropy with mini-batch SGD + momentum (or Adam) and, by default, a cosine
-learning-rate decay per step, ``lr_t = lr * (1 + cos(pi * t / T)) / 2`` for step t of T. Shuffling draws from
-a ``torch.Generator`` seeded by ``seed``, and :func:`seed_everything` seeds the global generators (layer init
-done by the caller before, dropout-like randomness during), so on the CPU the same seed gives bit-identical
-weights. CUDA kernels are not all deterministic, which is why the checkpoint cache keys on the device type.
+learning-rate decay per step, ``lr_t = lr * (1 + cos(pi * t / T)) / 2`` for step t = 0..T-1 of T. Shuffling
+draws from a ``torch.Generator`` seeded by ``seed``, and training starts with :func:`seed_everything(seed)
+<seed_everything>` so that any randomness inside the model is fixed too. The initial weights are the
+caller's: call :func:`seed_everything` before building the model. Then, on the CPU, the same seeds give
+bit-identical weights. CUDA kernels are not all deterministic, which is why the checkpoint cache keys on the
+device type.
 
 Every training batch is full (the last incomplete batch of an epoch is dropped): batch-dependent norms
 (BatchNorm, LocalNorm's K groups, Mixture Norm) then always see ``batch_size`` samples, and a LocalNorm
