@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from robustbench_norm.norms import check_kwargs, get_norm, list_norms
 from robustbench_norm.profiles import PROFILES, get_profile
@@ -62,6 +63,8 @@ def user_norm_kwargs(config: pytest.Config) -> dict:
 def pytest_configure(config: pytest.Config) -> None:
     if not hasattr(config.option, "norm"):
         return
+    if hasattr(config, "workerinput"):
+        torch.set_num_threads(1)  # pytest -n N: one thread per worker; oversubscribed torch threads crawl
     kwargs = user_norm_kwargs(config)
     for norm in selected_norms(config):
         try:

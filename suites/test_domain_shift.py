@@ -6,8 +6,8 @@ MNIST -> SVHN with WRN-28-2 (CN paper, section IV-F; AdaMatch, Berthelot et al. 
 Variants: ``adamatch`` trains with labelled source and unlabelled target batches; ``source_only`` trains
 on the source alone with the same optimiser settings, the floor that adaptation must beat. A context layer
 gets the domain as context during training (source 0, target 1). At test time the target set is
-evaluated both with the source id (``cn:source_id``, the authors' code and the paper's Table IX) and with
-the target id (``cn:target_id``, Table X), and with CN+ (no id). Rows: ``source_accuracy`` (source test set,
+evaluated both with the source id (``cn_source_id``, the authors' code and the paper's Table IX) and with
+the target id (``cn_target_id``, Table X), and with CN+ (no id). Rows: ``source_accuracy`` (source test set,
 source id) and ``target_accuracy``; AdaMatch rows are the EMA model's.
 """
 
@@ -30,7 +30,7 @@ def target_modes(norm: str) -> list[tuple[str, str, int | None]]:
     spec = get_norm(norm)
     if not spec.needs_context:
         return [(mode, mode, None) for mode in spec.eval_modes]
-    return [("cn:source_id", "cn", SOURCE), ("cn:target_id", "cn", TARGET), ("cn+", "cn+", None)]
+    return [("cn_source_id", "cn", SOURCE), ("cn_target_id", "cn", TARGET), ("cn+", "cn+", None)]
 
 
 def test_domain_shift(bench: Bench, norm: str, variant: str) -> None:

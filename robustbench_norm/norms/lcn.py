@@ -1,60 +1,73 @@
 """Local Context Normalization (Ortiz et al., CVPR 2020): group statistics over a sliding spatial window.
 
-Method. Split the C channels into G = C / g groups of ``g = channels_per_group`` consecutive channels. For
-sample n, group k and pixel (r, c), the statistics come from the g x P x Q block of values of group k in the
-window ``rows(r) x cols(c)``, with ``P = min(p, H)`` and ``Q = min(q, W)`` for a requested window (p, q)::
+Method. The C channels form G = C / g groups of ``g = channels_per_group`` consecutive channels. For sample
+n, group k and pixel (r, c), mean and variance come from the g x P x Q values of group k in the window
+``rows(r) x cols(c)``, with ``P = min(p, H)`` and ``Q = min(q, W)`` for a requested window (p, q)::
 
-    mu    = (1 / m) * sum_{window} x,            m = g * P * Q
-    var   = (1 / m) * sum_{window} (x - mu)^2    (biased)
-    y     = (x - mu) / sqrt(var + eps) * gamma_c + beta_c
+    mu  = (1 / m) * sum_window x,              m = g * P * Q
+    var = (1 / m) * sum_window (x - mu)^2      (biased)
+    y   = (x - mu) / sqrt(var + eps) * gamma_c + beta_c      (per-channel affine, shape (C,))
 
-Window rule. The window always has the full size P x Q. It is centred on the pixel where the map allows,
-with the extra row (column) of an even window *below* (right of) the pixel, PyTorch's ``padding="same"``
-convention: ``rows(r) = [s, s + P)`` with ``s = clamp(r - (P - 1) // 2, 0, H - P)``. Near a border the window is
-shifted to stay inside the map (clamped, never truncated), so every statistic counts exactly m values.
-Consequences: ``p >= H`` alone makes every window span all rows, and ``p >= H, q >= W`` is exactly GroupNorm
-with C / g groups; ``g = 1`` with a full window is InstanceNorm, ``g = C`` is LayerNorm (GroupNorm with one
-group). Statistics are per sample, so the layer is batch independent and identical in train and eval mode.
+Window rule. The window always has the full size P x Q, centred on the pixel where the map allows; an even
+window has its extra row (column) *after* the pixel (below / right), PyTorch's ``padding="same"`` split:
+``rows(r) = [s, s + P)`` with ``s = clamp(r - (P - 1) // 2, 0, H - P)``, and likewise for columns. Near a
+border the window is shifted inward (clamped, never truncated), so every statistic counts exactly m values.
+Hence ``p >= H`` makes every window span all rows, ``p >= H and q >= W`` is exactly GroupNorm with C / g
+groups, with g = 1 InstanceNorm and with g = C LayerNorm (GroupNorm with one group). Statistics are per
+sample: the layer is batch independent, has no buffers, and train and eval mode compute the same.
 
-Cost. The window sums come from summed-area tables (cumulative sums), as the paper proposes: the sums of the
-H - P + 1 distinct row windows are differences of a cumulative sum over rows, the clamped border windows are
-copies of the first and last one (replicate padding), and the same is done over columns. Time and memory are
-O(N C H W), independent of the window. The backward pass is written out (a custom autograd function): the
-adjoint of a clamped box sum is a fold of the border rows onto the first and last window (adjoint of
-replicate padding) followed by a "full" box sum, again two cumulative sums. The work runs in batch chunks of
-about ``_CHUNK_ELEMENTS`` values so that the temporaries stay in cache; only the output and the input
-gradient are full-size allocations, as in GroupNorm.
+Cost. Window sums come from prefix sums (summed-area tables, as the paper proposes), one axis at a time:
+the H - P + 1 distinct row windows are differences of a prefix sum over rows, the border pixels repeat the
+first or last one (replicate padding), and likewise over columns. Time and memory are O(N C H W) for any
+window; per pixel and group the layer keeps (mean, 1/std) for the backward pass, as much memory as the
+input when g = 2. The backward pass is written out (custom autograd function, not twice differentiable):
+with a_i, b_i formed per pixel from the output gradient, the input gradient needs two adjoint window sums,
+each pixel collecting the values of the outputs whose windows contain it; with clamped windows that is a
+difference of prefix sums whose index saturates at the border (all border outputs share the edge window),
+see :func:`_adjoint_sums`. The work runs in batch chunks of about ``_CHUNK_ELEMENTS`` input values, with
+scratch buffers reused across chunks and calls (:class:`_Workspace`).
 
-Numerics. Single-pass variance from window sums cancels badly in float32 (the authors' code loses the
-variance of small windows at an input offset of +100). Here each (sample, group) is first shifted by its
-mean, and the per-pixel group sums, the summed-area tables, mean and variance are computed in float64; the
-normalised output is then formed in the input dtype from the shifted input. The output of a float32 input
-then agrees with a float64 evaluation of the same input to about 1e-4 for every window, 1 x 1 included.
+Numerics. A single-pass variance from float32 window sums cancels catastrophically: the running sums grow
+with the map, and with an offset of +100 the authors' float32 code gets the variance of small windows
+wrong by orders of magnitude. Here each (sample, group) is first shifted by its mean; the per-pixel group
+sums s1 = sum_c x_c and s2 = sum_c x_c^2 are formed in the input dtype, and their prefix sums, window sums
+and differences in float64, so the window sums carry no error from the size of the map; mean and variance
+are then formed in the input dtype. A 1 x 1 window takes its variance directly as sum_c (x_c - mu)^2 / g.
+For float32 input with an offset of +100 the output agrees with a float64 evaluation of the same input to
+about 1e-4 for every window size tested (1 x 1 up to the whole map). The backward window sums act on
+gradient terms without an offset and run in the input dtype (the float32 input gradient then agrees with
+the float64 one to about 1e-5 relative). float16 / bfloat16 input is computed in float32 and the output
+cast back.
 
-Differences from the authors' code (anthonymlortiz/lcn): statistics are not detached (full gradient), no
-pixel is left out of the statistics (their integral image skips row 0 and column 0), odd windows are centred
-(theirs are shifted one pixel down-right), the input is never written in place, and windows as large as
-the map in one dimension stay local in the other (theirs falls back to an unbiased-variance GroupNorm).
+Differences from the authors' code (anthonymlortiz/lcn): the statistics are not detached (full gradient),
+no pixel is left out (their integral image skips row 0 and column 0), odd windows are centred (theirs sit
+one pixel down-right), the input is never written in place, and a window as large as the map in one
+dimension stays local in the other (theirs then falls back to a GroupNorm with unbiased variance).
 
 Shapes: input and output ``(N, C, H, W)``; ``weight`` and ``bias`` ``(C,)``.
 """
 
 from __future__ import annotations
 
+import functools
+import math
+import threading
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
 from robustbench_norm.norms.registry import register_norm
 from robustbench_norm.norms.standard import check_eps, check_input_2d, check_num_features
 
-# Values per batch chunk: the temporaries of one chunk (a few MB) stay in cache.
+# Input values per batch chunk (4 MB of float32): one chunk's temporaries stay in cache.
 _CHUNK_ELEMENTS = 1 << 20
+# dtype of the prefix sums and window sums (module docstring, "Numerics").
 _SUMS_DTYPE = torch.float64
+# Input dtypes computed as they are; others (float16, bfloat16) are computed in float32.
+_COMPUTE_DTYPES = (torch.float32, torch.float64)
 
 
 @dataclass(frozen=True)
@@ -85,38 +98,95 @@ class _Axis:
         return 1 if self.full else self.size
 
 
-def _scratch(like: torch.Tensor, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
-    """Uninitialised buffer of ``shape`` whose rows are stored with an odd stride.
+class _Workspace:
+    """Scratch buffers of one forward or backward call, kept between calls (per thread and device).
 
-    A scan over rows (``cumsum`` along dim -2) whose row stride is a power of two makes every column hit the
-    same few cache sets; PyTorch's CPU scan then runs several times slower. One spare column avoids it.
+    The buffers of one batch chunk (several MB) are reused by every chunk and every later call: fresh
+    allocations of that size cost a page fault per 4 KB page on each call, which on the CPU took longer
+    than the arithmetic. Each named buffer grows to the largest request it has seen, so a thread holds
+    about ten chunk-sized buffers (some 50 MB for 4 MB chunks) per device. Callers must not keep a buffer
+    beyond the call that took it.
     """
-    spare = 1 - shape[-1] % 2
-    return like.new_empty((*shape[:-1], shape[-1] + spare), dtype=dtype).narrow(-1, 0, shape[-1])
+
+    _local = threading.local()
+
+    def __init__(self, like: torch.Tensor) -> None:
+        self.like = like
+        self.buffers: dict[tuple, torch.Tensor] = self._local.__dict__.setdefault("buffers", {})
+
+    def take(self, name: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        """An uninitialised contiguous buffer of ``shape`` and ``dtype``."""
+        numel = math.prod(shape)
+        key = (name, dtype, self.like.device)
+        flat = self.buffers.get(key)
+        if flat is None or flat.numel() < numel:
+            flat = self.like.new_empty(numel, dtype=dtype)
+            self.buffers[key] = flat
+        return flat[:numel].view(shape)
 
 
-def _resized(t: torch.Tensor, dim: int, length: int) -> tuple[int, ...]:
-    shape = list(t.shape)
-    shape[dim] = length
-    return tuple(shape)
+def _group_sum(t: torch.Tensor, out: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """``out = sum_c t[:, :, c] * weight[:, :, c]`` (weight 1 if None) over the channels (dim 2) of a group.
 
-
-def _valid_sums(s: torch.Tensor, dim: int, axis: _Axis) -> torch.Tensor:
-    """Sums of the ``axis.positions`` windows that fit inside the map along ``dim`` of (B, h, w) ``s``.
-
-    One prefix sum (in place: ``s`` is overwritten) and one difference. The column pass (dim 2) writes a
-    buffer with an odd row stride, because the row pass scans it next.
+    Adding the channel slices is faster than a reduction over a short middle dimension.
     """
+    for c in range(t.shape[2]):
+        term = t.select(2, c)
+        if weight is None and c == 0:
+            out.copy_(term)
+        elif weight is None:
+            out.add_(term)
+        elif c == 0:
+            torch.mul(term, weight.select(2, c), out=out)
+        else:
+            out.addcmul_(term, weight.select(2, c))
+    return out
+
+
+@functools.lru_cache(maxsize=None)
+def _row_block(height: int) -> int:
+    """Block length (about sqrt(height)) that needs the fewest row additions in :func:`_scan_`."""
+    return min(range(1, height + 1), key=lambda b: b + height // b + height % b)
+
+
+def _scan_(t: torch.Tensor, dim: int) -> torch.Tensor:
+    """In-place prefix sums of (B, h, w) ``t`` along ``dim``.
+
+    On the CPU, a scan along rows (dim 1) is done by blocks of about sqrt(h) rows: prefix sums inside each
+    block, then of the block ends, then the carries, with row additions vectorised over the columns.
+    PyTorch's CPU ``cumsum`` walks one column at a time there, a chain of dependent additions per column,
+    and is several times slower (much slower again at power-of-two widths).
+    """
+    if dim == t.dim() - 1 or t.device.type != "cpu":
+        return t.cumsum_(dim)
+    height = t.shape[1]
+    block = _row_block(height)
+    count = height // block
+    blocks = t.narrow(1, 0, count * block).unflatten(1, (count, block))
+    for i in range(1, block):
+        blocks.select(2, i).add_(blocks.select(2, i - 1))
+    ends = blocks.select(2, block - 1)
+    for j in range(1, count):
+        ends.select(1, j).add_(ends.select(1, j - 1))
+    if count > 1:
+        blocks.narrow(1, 1, count - 1).narrow(2, 0, block - 1).add_(ends.narrow(1, 0, count - 1).unsqueeze(2))
+    for i in range(count * block, height):
+        t.select(1, i).add_(t.select(1, i - 1))
+    return t
+
+
+def _window_sums(s: torch.Tensor, dim: int, axis: _Axis, ws: _Workspace, name: str) -> torch.Tensor:
+    """Sums over the ``axis.positions`` windows that fit inside the map, along ``dim`` of (B, h, w) ``s``:
+    one prefix sum (in place, so ``s`` is overwritten) and one difference."""
     if axis.window == 1:
         return s
     if axis.full:
         return s.sum(dim, keepdim=True)
-    if dim == 1 and s.stride(1) % 2 == 0:
-        s = _scratch(s, s.shape, s.dtype).copy_(s)
-    prefix = s.cumsum_(dim)
     length = axis.positions
-    shape = _resized(s, dim, length)
-    out = _scratch(s, shape, s.dtype) if dim == 2 else s.new_empty(shape)
+    shape = list(s.shape)
+    shape[dim] = length
+    out = ws.take(name, tuple(shape), s.dtype)
+    prefix = _scan_(s, dim)
     out.narrow(dim, 0, 1).copy_(prefix.narrow(dim, axis.window - 1, 1))
     torch.sub(
         prefix.narrow(dim, axis.window, length - 1),
@@ -126,11 +196,10 @@ def _valid_sums(s: torch.Tensor, dim: int, axis: _Axis) -> torch.Tensor:
     return out
 
 
-def _replicate(valid: torch.Tensor, rows: _Axis, cols: _Axis) -> torch.Tensor:
+def _replicate(valid: torch.Tensor, rows: _Axis, cols: _Axis, out: torch.Tensor) -> torch.Tensor:
     """Statistics of every pixel from those of the window positions: the clamped windows of the border
     pixels repeat the first/last position (replicate padding). Full axes stay of length 1.
     """
-    out = valid.new_empty((*valid.shape[:-2], rows.out_size, cols.out_size))
     r0, c0 = (0 if rows.full else rows.before), (0 if cols.full else cols.before)
     r1, c1 = r0 + valid.shape[-2], c0 + valid.shape[-1]
     out[..., r0:r1, c0:c1].copy_(valid)
@@ -145,98 +214,124 @@ def _replicate(valid: torch.Tensor, rows: _Axis, cols: _Axis) -> torch.Tensor:
     return out
 
 
-def _adjoint_sums(a: torch.Tensor, dim: int, axis: _Axis) -> torch.Tensor:
-    """Adjoint of one axis of the clamped-window sum on (B, h, w) ``a``: each pixel k gets the sum of ``a``
-    over the outputs whose window contains k. A full axis comes out of length 1 (the same sum everywhere).
+def _adjoint_sums(a: torch.Tensor, dim: int, axis: _Axis, ws: _Workspace, name: str) -> torch.Tensor:
+    """Adjoint of :func:`_window_sums` followed by the replicate padding of the border pixels, along ``dim``
+    of (B, h, w) ``a``: each pixel k gets the sum of ``a`` over the outputs whose window contains k. A full
+    axis comes out of length 1 (the same sum for every pixel).
 
-    The border outputs share the first (last) window position, so they are first folded onto it (the
-    adjoint of replicate padding), giving f of length L = positions. Pixel k lies in the windows of the
-    positions j in [k - window + 1, k] within [0, L); with F the prefix sums of f that is
-    ``F[min(k, L - 1)] - F[k - window]`` (the second term only for k >= window).
+    Let A be the prefix sums of ``a`` (made in place, so ``a`` is overwritten), P the window and L the
+    number of window positions. The outputs before position 0 and after position L - 1 share those windows
+    (clamping), so pixel k collects ``A[b + k]`` (b = ``axis.before``; all outputs, the last A, when
+    k >= L - 1) minus ``A[b + k - P]`` (the outputs whose window ended before k; none when k < P).
     """
     if axis.window == 1:
         return a
     if axis.full:
         return a.sum(dim, keepdim=True)
-    length, size = axis.positions, axis.size
-    after = size - length - axis.before
-    folded = _scratch(a, _resized(a, dim, length), a.dtype).copy_(a.narrow(dim, axis.before, length))
-    if axis.before:
-        folded.narrow(dim, 0, 1).add_(a.narrow(dim, 0, axis.before).sum(dim, keepdim=True))
-    if after:
-        folded.narrow(dim, length - 1, 1).add_(a.narrow(dim, size - after, after).sum(dim, keepdim=True))
-    prefix = folded.cumsum_(dim)
-    out = a.new_empty(_resized(a, dim, size))
-    out.narrow(dim, 0, length).copy_(prefix)
-    out.narrow(dim, length, size - length).copy_(prefix.narrow(dim, length - 1, 1))
-    out.narrow(dim, axis.window, length - 1).sub_(prefix.narrow(dim, 0, length - 1))
+    size, window, length, before = axis.size, axis.window, axis.positions, axis.before
+    out = ws.take(name, tuple(a.shape), a.dtype)
+    prefix = _scan_(a, dim)
+    total = prefix.narrow(dim, size - 1, 1)
+    head = min(window, length - 1)
+    out.narrow(dim, 0, head).copy_(prefix.narrow(dim, before, head))
+    if window < length - 1:
+        middle = length - 1 - window
+        torch.sub(
+            prefix.narrow(dim, before + window, middle),
+            prefix.narrow(dim, before, middle),
+            out=out.narrow(dim, window, middle),
+        )
+    if window > length - 1:
+        out.narrow(dim, length - 1, window - length + 1).copy_(total)
+    start = max(window, length - 1)
+    torch.sub(
+        total, prefix.narrow(dim, before + start - window, size - start), out=out.narrow(dim, start, size - start)
+    )
     return out
 
 
 def _chunks(batch: int, per_sample: int) -> list[tuple[int, int]]:
-    """(start, stop) sample ranges of about ``_CHUNK_ELEMENTS`` values each."""
+    """(start, stop) sample ranges of about ``_CHUNK_ELEMENTS`` values each, the largest first."""
     step = max(1, _CHUNK_ELEMENTS // max(per_sample, 1))
     return [(i, min(i + step, batch)) for i in range(0, batch, step)]
 
 
-def _statistics(xs: torch.Tensor, rows: _Axis, cols: _Axis, eps: float) -> torch.Tensor:
-    """Window mean and 1 / sqrt(var + eps) of the shifted input ``xs`` (n, G, g, H, W).
+def _statistics(
+    xs: torch.Tensor, rows: _Axis, cols: _Axis, eps: float, ws: _Workspace, out: torch.Tensor
+) -> None:
+    """Window mean and 1 / sqrt(var + eps) of the shifted input ``xs`` (n, G, g, H, W) into ``out``
+    (n, 2, G, H or 1, W or 1).
 
-    Returns a (2, n, G, 1, H or 1, W or 1) tensor (mean, rstd) in the dtype of ``xs``. The per-pixel group
-    sums s1 = sum_c x_c and s2 = sum_c x_c^2 are formed in the input dtype; their prefix sums and window
-    sums are float64, so the window sums carry no error from the size of the map. A 1 x 1 window needs no
-    window sums; its variance is formed directly as sum_c (x_c - mean)^2 / g.
+    The per-pixel group sums s1 = sum_c x_c and s2 = sum_c x_c^2 are formed in the input dtype; their
+    prefix sums and window sums are float64, so the window sums carry no error from the size of the map.
+    A 1 x 1 window needs no window sums: its variance is formed directly as sum_c (x_c - mean)^2 / g.
     """
     n, groups, per_group, height, width = xs.shape
+    planes = ws.take("planes", (n, 2, groups, height, width), xs.dtype)
+    _group_sum(xs, planes[:, 0])
     if rows.window * cols.window == 1:
-        mean = xs.mean(2, keepdim=True)
-        var = (xs - mean).square_().mean(2, keepdim=True)
-        return torch.stack((mean, var.add_(eps).rsqrt_()))
-    planes = xs.new_empty(2, n, groups, height, width)
-    torch.sum(xs, 2, out=planes[0])
-    torch.sum(torch.square(xs), 2, out=planes[1])
-    wide = planes.view(-1, height, width).to(_SUMS_DTYPE)
-    sums = _valid_sums(_valid_sums(wide, 2, cols), 1, rows).to(xs.dtype)
-    sums = sums.view(2, n * groups, *sums.shape[-2:])
-    area = rows.window * cols.window
-    stats = sums.mul_(1.0 / (area * per_group))
-    stats[1].addcmul_(stats[0], stats[0], value=-1.0).clamp_min_(0.0).add_(eps).rsqrt_()
-    full = _replicate(stats, rows, cols)
-    return full.view(2, n, groups, 1, *full.shape[-2:])
+        mean = planes[:, 0].div_(per_group)
+        deviation = ws.take("deviation", xs.shape, xs.dtype)
+        torch.sub(xs, mean.unsqueeze(2), out=deviation)
+        _group_sum(deviation, planes[:, 1], weight=deviation).div_(per_group).add_(eps).rsqrt_()
+        out.copy_(planes)
+        return
+    _group_sum(xs, planes[:, 1], weight=xs)
+    wide = ws.take("wide", (n * 2 * groups, height, width), _SUMS_DTYPE)
+    wide.copy_(planes.view(-1, height, width))
+    sums = _window_sums(_window_sums(wide, 2, cols, ws, "by_cols"), 1, rows, ws, "by_rows")
+    valid = ws.take("valid", (n, 2, groups, *sums.shape[-2:]), xs.dtype)
+    valid.copy_(sums.view(valid.shape)).mul_(1.0 / (per_group * rows.window * cols.window))
+    valid[:, 1].addcmul_(valid[:, 0], valid[:, 0], value=-1.0).clamp_min_(0.0).add_(eps).rsqrt_()
+    _replicate(valid, rows, cols, out)
 
 
-def _normalized(xs: torch.Tensor, stats: torch.Tensor) -> torch.Tensor:
-    """x_hat = (xs - mean) * rstd in one pass, as ``xs * rstd - mean * rstd``, written over ``xs``."""
-    mean, rstd = stats[0], stats[1]
-    return torch.addcmul(torch.mul(mean, rstd).neg_(), xs, rstd, out=xs)
+def _normalize(xs: torch.Tensor, stats: torch.Tensor, ws: _Workspace) -> torch.Tensor:
+    """x_hat = (xs - mean) * rstd, written over ``xs`` in one pass as ``xs * rstd - mean * rstd``."""
+    mean, rstd = stats[:, 0], stats[:, 1]
+    offset = torch.mul(mean, rstd, out=ws.take("offset", mean.shape, mean.dtype)).neg_()
+    return torch.addcmul(offset.unsqueeze(2), xs, rstd.unsqueeze(2), out=xs)
 
 
-def _input_grad(g_hat: torch.Tensor, x_hat: torch.Tensor, stats: torch.Tensor, rows: _Axis, cols: _Axis,
-                out: torch.Tensor) -> None:
-    """Write dL/dx into ``out`` for one chunk, given dL/dx_hat = ``g_hat`` (all (n, G, g, H, W)).
+def _input_grad(
+    grad_y: torch.Tensor,
+    x_hat: torch.Tensor,
+    product: torch.Tensor,
+    weight: torch.Tensor | None,
+    stats: torch.Tensor,
+    rows: _Axis,
+    cols: _Axis,
+    ws: _Workspace,
+    out: torch.Tensor,
+) -> None:
+    """Write dL/dx into ``out`` for one chunk (all (n, G, g, H, W), ``product = grad_y * x_hat``;
+    ``weight`` (1, G, g, 1, 1)).
 
-    With m = g * P * Q and, per pixel i, a_i = rstd_i / m * sum_group g_hat_i and
-    b_i = rstd_i^2 / m * sum_group g_hat_i * x_hat_i, the chain rule through mean and variance gives
-    dL/dx_k = g_hat_k * rstd_k - sum_{i: k in window(i)} (a_i + b_i * (x_k - mu_i)). With
-    x_k = mu_k + x_hat_k / rstd_k this is ``g_hat * rstd + x_hat * S + T`` with the two adjoint window sums
-    A = adj(a - b * mu) and B = adj(b):  S = -B / rstd,  T = -(A + mu * B).
-    ``out`` may hold ``g_hat`` itself.
+    With g_hat = dL/dx_hat = grad_y * weight, m = g * P * Q and, per pixel i,
+    a_i = rstd_i / m * sum_group g_hat_i and b_i = rstd_i^2 / m * sum_group g_hat_i * x_hat_i, the chain rule
+    through mean and variance gives dL/dx_k = g_hat_k * rstd_k - sum_{i: k in window(i)} (a_i + b_i (x_k - mu_i)).
+    With x_k = mu_k + x_hat_k / rstd_k this is ``g_hat * rstd + x_hat * S + T`` with the two adjoint window
+    sums A = adj(a - b * mu) and B = adj(b):  S = -B / rstd,  T = -(A + mu * B).
     """
-    n, groups, per_group, height, width = g_hat.shape
-    mean, rstd = stats[0], stats[1]
-    scale = rstd / (per_group * rows.window * cols.window)
-    terms = g_hat.new_empty(2, n, groups, 1, height, width)
-    torch.sum(g_hat, 2, keepdim=True, out=terms[0])
-    torch.sum(g_hat * x_hat, 2, keepdim=True, out=terms[1])
-    terms[1].mul_(scale).mul_(rstd)
-    terms[0].mul_(scale).addcmul_(terms[1], mean, value=-1.0)
-    wide = terms.view(-1, height, width).to(_SUMS_DTYPE)
-    adj = _adjoint_sums(_adjoint_sums(wide, 2, cols), 1, rows).to(g_hat.dtype)
-    adj = adj.view(2, n, groups, 1, *adj.shape[-2:])
-    scale_x_hat = torch.div(adj[1], rstd).neg_()
-    offset = torch.addcmul(adj[0], mean, adj[1]).neg_()
-    torch.mul(g_hat, rstd, out=out)
-    out.addcmul_(x_hat, scale_x_hat).add_(offset)
+    n, groups, per_group, height, width = grad_y.shape
+    mean, rstd = stats[:, 0], stats[:, 1]
+    terms = ws.take("terms", (n, 2, groups, height, width), grad_y.dtype)
+    _group_sum(grad_y, terms[:, 0], weight)
+    _group_sum(product, terms[:, 1], weight)
+    count = per_group * rows.window * cols.window
+    scale = torch.mul(rstd, 1.0 / count, out=ws.take("scale", rstd.shape, rstd.dtype))
+    terms[:, 1].mul_(scale).mul_(rstd)
+    terms[:, 0].mul_(scale).addcmul_(terms[:, 1], mean, value=-1.0)
+    flat = terms.view(-1, height, width)
+    sums = _adjoint_sums(_adjoint_sums(flat, 2, cols, ws, "by_cols"), 1, rows, ws, "by_rows")
+    adjoint = sums.view(n, 2, groups, *sums.shape[-2:])
+    offset = adjoint[:, 0].addcmul_(mean, adjoint[:, 1]).neg_()
+    scale_x_hat = adjoint[:, 1].div_(rstd).neg_()
+    if weight is None:
+        torch.mul(grad_y, rstd.unsqueeze(2), out=out)
+    else:
+        torch.mul(grad_y, weight, out=out).mul_(rstd.unsqueeze(2))
+    out.addcmul_(x_hat, scale_x_hat.unsqueeze(2)).add_(offset.unsqueeze(2))
 
 
 class _LocalContextNormFunction(torch.autograd.Function):
@@ -258,27 +353,28 @@ class _LocalContextNormFunction(torch.autograd.Function):
         w5 = None if weight is None else weight.view(1, *shape5[:2], 1, 1)
         b5 = None if bias is None else bias.view(1, *shape5[:2], 1, 1)
         y = torch.empty_like(x)
-        saved = []
+        shifts = x.new_empty(batch, groups, 1, 1, 1)
+        stats = x.new_empty(batch, 2, groups, rows.out_size, cols.out_size)
+        ws = _Workspace(x)
         for start, stop in _chunks(batch, channels * height * width):
             xv = x[start:stop].view(-1, *shape5)
-            shift = xv.mean(dim=(2, 3, 4), keepdim=True)
-            xs = xv - shift
-            stats = _statistics(xs, rows, cols, eps)
-            x_hat = _normalized(xs, stats)
+            shift = torch.mean(xv, dim=(2, 3, 4), keepdim=True, out=shifts[start:stop])
+            xs = torch.sub(xv, shift, out=ws.take("xs", xv.shape, x.dtype))
+            _statistics(xs, rows, cols, eps, ws, stats[start:stop])
+            x_hat = _normalize(xs, stats[start:stop], ws)
             out = y[start:stop].view_as(xv)
             if w5 is None:
                 out.copy_(x_hat)
             else:
                 torch.mul(x_hat, w5, out=out).add_(b5)
-            saved += [shift, stats]
-        ctx.save_for_backward(x, weight, *saved)
+        ctx.save_for_backward(x, weight, shifts, stats)
         ctx.setup = (groups, rows, cols)
         return y
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad_y: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        x, weight, *saved = ctx.saved_tensors
+        x, weight, shifts, stats = ctx.saved_tensors
         groups, rows, cols = ctx.setup
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
         batch, channels, height, width = x.shape
@@ -286,22 +382,24 @@ class _LocalContextNormFunction(torch.autograd.Function):
         w5 = None if weight is None else weight.view(1, *shape5[:2], 1, 1)
         grad_y = grad_y.contiguous()
         grad_x = torch.empty_like(x) if need_x else None
-        grad_w = x.new_zeros(channels) if need_w else None
-        grad_b = x.new_zeros(channels) if need_b else None
-        for i, (start, stop) in enumerate(_chunks(batch, channels * height * width)):
-            shift, stats = saved[2 * i], saved[2 * i + 1]
+        grad_w = x.new_zeros(shape5[:2]) if need_w else None
+        grad_b = x.new_zeros(shape5[:2]) if need_b else None
+        ws = _Workspace(x)
+        for start, stop in _chunks(batch, channels * height * width):
             xv = x[start:stop].view(-1, *shape5)
             gy = grad_y[start:stop].view_as(xv)
-            x_hat = _normalized(xv - shift, stats)
+            xs = torch.sub(xv, shifts[start:stop], out=ws.take("xs", xv.shape, x.dtype))
+            x_hat = _normalize(xs, stats[start:stop], ws)
+            product = torch.mul(gy, x_hat, out=ws.take("product", xv.shape, x.dtype))
             if need_w:
-                flat = (stop - start, channels, height * width)
-                grad_w += torch.matmul(gy.reshape(*flat[:2], 1, -1), x_hat.view(*flat, 1)).sum(0).view(-1)
+                grad_w += product.sum(dim=(0, 3, 4))
             if need_b:
-                grad_b += gy.sum(dim=(0, 3, 4)).view(-1)
+                grad_b += gy.sum(dim=(0, 3, 4))
             if need_x:
                 out = grad_x[start:stop].view_as(xv)
-                g_hat = gy if w5 is None else torch.mul(gy, w5, out=out)
-                _input_grad(g_hat, x_hat, stats, rows, cols, out)
+                _input_grad(gy, x_hat, product, w5, stats[start:stop], rows, cols, ws, out)
+        grad_w = None if grad_w is None else grad_w.view(-1)
+        grad_b = None if grad_b is None else grad_b.view(-1)
         return grad_x, grad_w, grad_b, None, None, None, None
 
 
@@ -327,24 +425,24 @@ def _window_arg(window_size: int | tuple[int, int] | list[int]) -> tuple[int, in
 class LocalContextNorm(nn.Module):
     """Local Context Normalization (Ortiz et al., CVPR 2020): group statistics over a clamped p x q window.
 
-    ``y = (x - mu) / sqrt(var + eps) * gamma_c + beta_c`` where mu and the biased var of pixel (r, c) of
-    sample n are taken over the ``channels_per_group`` consecutive channels of its group and the full-size
-    ``min(p, H) x min(q, W)`` window centred on (r, c) (an even window extends one more pixel down/right),
-    shifted inward at the borders so that it never leaves the map. ``p >= H`` and ``q >= W`` is GroupNorm
-    with ``C / channels_per_group`` groups. Batch independent; train and eval are identical.
+    ``y = (x - mu) / sqrt(var + eps) * gamma_c + beta_c``; mu and the biased var of pixel (r, c) are taken
+    over the ``channels_per_group`` consecutive channels of its group and the full-size
+    ``min(p, H) x min(q, W)`` window centred on (r, c) (an even window reaches one pixel further
+    down / right), shifted inward at the borders so that it never leaves the map. ``p >= H`` and ``q >= W``
+    is GroupNorm with ``C / channels_per_group`` groups. Batch independent; train and eval are identical.
+    The module docstring gives the border rule, cost and numerics in full.
 
     Args:
         num_features: channels C.
         channels_per_group: g, consecutive channels sharing statistics; must divide C (g = 1: local
             InstanceNorm, g = C: local LayerNorm).
-        window_size: p or (p, q) = (rows, cols), positive ints. The default 227 is the authors' and
-            means GroupNorm on any map of at most 227 x 227.
+        window_size: p or (p, q) = (rows, cols), positive ints (a list from JSON works). The default 227 is
+            the authors' and means GroupNorm on every map up to 227 x 227.
         eps: added to the variance inside the square root.
         affine: learn per-channel ``weight`` (ones) and ``bias`` (zeros) of shape (C,).
 
-    Shapes: input and output ``(N, C, H, W)``. Cost: O(NCHW) time and memory for any window (summed-area
-    tables); statistics in float64 after a per-group shift (see the module docstring). Not twice
-    differentiable.
+    Shapes: input and output ``(N, C, H, W)``. Cost: O(NCHW) time and memory for every window size
+    (prefix sums); the backward pass is written out and is not twice differentiable.
     """
 
     def __init__(
@@ -392,9 +490,11 @@ class LocalContextNorm(nn.Module):
         rows = _Axis(height, min(self.window_size[0], height))
         cols = _Axis(width, min(self.window_size[1], width))
         groups = self.num_features // self.channels_per_group
-        return _LocalContextNormFunction.apply(
-            x.contiguous(), self.weight, self.bias, groups, rows, cols, self.eps
-        )
+        setup = (groups, rows, cols, self.eps)
+        if x.dtype in _COMPUTE_DTYPES:
+            return _LocalContextNormFunction.apply(x.contiguous(), self.weight, self.bias, *setup)
+        weight, bias = (None, None) if self.weight is None else (self.weight.float(), self.bias.float())
+        return _LocalContextNormFunction.apply(x.float().contiguous(), weight, bias, *setup).to(x.dtype)
 
     def extra_repr(self) -> str:
         return (

@@ -48,6 +48,11 @@ from robustbench_norm.norms.standard import check_eps, check_input_2d, check_mom
 MIN_PRIOR = 1e-6
 """Floor of the EM priors lambda_k, so that tau_k / sqrt(lambda_k) stays finite for an empty component."""
 
+EM_MAX_VALUES = 8192
+"""EM fits the mixture on at most this many evenly strided values per channel: a 1-D K-component mixture is
+well determined by a few thousand values, the fitted parameters are stop-gradient constants, and the bound
+keeps EM's cost independent of the map size (the normalisation itself always uses every value)."""
+
 
 class GaussianMixture(NamedTuple):
     """One 1-D Gaussian mixture per channel: ``prior``, ``mean``, ``var`` each of shape ``(C, K)``."""
@@ -58,8 +63,8 @@ class GaussianMixture(NamedTuple):
 
 
 def _per_channel(t: torch.Tensor) -> torch.Tensor:
-    """(C, K) -> (C, 1, 1, K), to broadcast against x.unsqueeze(-1) of shape (N, C, H, W, 1)."""
-    return t[:, None, None, :]
+    """(C, K) -> (K, 1, C, 1, 1), to broadcast against x (N, C, H, W) with the component axis first."""
+    return t.t()[:, None, :, None, None]
 
 
 def normal_quantiles(num_components: int, *, dtype: torch.dtype = torch.float32,
@@ -82,24 +87,30 @@ def initial_mixture(x: torch.Tensor, num_components: int, var_floor: float) -> G
 
 
 def posteriors(x: torch.Tensor, mixture: GaussianMixture) -> torch.Tensor:
-    """``tau_k(x)`` for every value of ``x`` (N, C, H, W) under its channel's mixture: shape (N, C, H, W, K).
+    """``tau_k(x)`` for every value of ``x`` (N, C, H, W) under its channel's mixture: shape (K, N, C, H, W).
 
     Computed as a softmax over k of ``log lambda_k - log(v_k)/2 - (x - mu_k)^2 / (2 v_k)`` (the constant
     ``-log(2 pi)/2`` cancels), which is stable for values far from every component.
     """
     mean, var = _per_channel(mixture.mean), _per_channel(mixture.var)
-    log_joint = _per_channel(mixture.prior.log() - 0.5 * mixture.var.log()) - 0.5 * (x.unsqueeze(-1) - mean) ** 2 / var
-    return torch.softmax(log_joint, dim=-1)
+    log_joint = _per_channel(mixture.prior.log() - 0.5 * mixture.var.log()) - 0.5 * (x - mean) ** 2 / var
+    return torch.softmax(log_joint, dim=0)
 
 
 def weighted_moments(x: torch.Tensor, tau: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Posterior mass ``sum_i tau_k(x_i)``, ``E_k[x]`` and ``E_k[(x - E_k[x])^2]`` per channel: each (C, K)."""
-    mass = tau.sum(dim=(0, 2, 3))
+    mass = tau.sum(dim=(1, 3, 4)).t()
     weights = tau / _per_channel(mass.clamp_min(torch.finfo(tau.dtype).tiny))
-    values = x.unsqueeze(-1)
-    mean = (weights * values).sum(dim=(0, 2, 3))
-    var = (weights * (values - _per_channel(mean)) ** 2).sum(dim=(0, 2, 3))
+    mean = (weights * x).sum(dim=(1, 3, 4)).t()
+    var = (weights * (x - _per_channel(mean)) ** 2).sum(dim=(1, 3, 4)).t()
     return mass, mean, var
+
+
+def em_sample(x: torch.Tensor, max_values: int = EM_MAX_VALUES) -> torch.Tensor:
+    """At most ``max_values`` evenly strided values of each channel of ``x`` (N, C, H, W), as (M, C, 1, 1)."""
+    per_channel = x.transpose(0, 1).reshape(x.shape[1], -1)
+    stride = -(-per_channel.shape[1] // max_values)
+    return per_channel[:, ::stride].t().reshape(-1, x.shape[1], 1, 1) if stride > 1 else x
 
 
 @torch.no_grad()
@@ -108,7 +119,9 @@ def fit_mixture(x: torch.Tensor, num_components: int, iterations: int, var_floor
 
     Each iteration: E-step ``tau = posteriors(x, mixture)``; M-step ``lambda_k = mass_k / (N H W)`` (floored at
     :data:`MIN_PRIOR`), ``mu_k = E_k[x]``, ``v_k = E_k[(x - mu_k)^2]`` (floored at ``var_floor``). No gradient.
+    The fit sees at most :data:`EM_MAX_VALUES` values per channel (:func:`em_sample`).
     """
+    x = em_sample(x)
     mixture = initial_mixture(x, num_components, var_floor)
     count = x.numel() // x.shape[1]
     for _ in range(iterations):
@@ -122,10 +135,10 @@ def mixture_standardize(
 ) -> torch.Tensor:
     """``x_hat = sum_k tau_k / sqrt(lambda_k) * (x - mean_k) / sqrt(var_k + eps)`` (before the affine).
 
-    ``x`` (N, C, H, W), ``tau`` (N, C, H, W, K), ``prior``, ``mean``, ``var`` (C, K); returns (N, C, H, W).
+    ``x`` (N, C, H, W), ``tau`` (K, N, C, H, W), ``prior``, ``mean``, ``var`` (C, K); returns (N, C, H, W).
     """
     scale = _per_channel(prior.rsqrt() * (var + eps).rsqrt())
-    return (tau * scale * (x.unsqueeze(-1) - _per_channel(mean))).sum(dim=-1)
+    return (tau * scale * (x - _per_channel(mean))).sum(dim=0)
 
 
 def _check_positive_int(name: str, value: int) -> None:
