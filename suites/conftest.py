@@ -102,3 +102,11 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     results_dir = Bench.results_dir_of(config)
     if (results_dir / config.getoption("profile")).is_dir():
         summarize_results_dir(Path(results_dir), config.getoption("profile"))
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Group each norm's tests (``pytest -n 2 --dist loadgroup``): a worker trains a norm's models once."""
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        if callspec is not None and "norm" in callspec.params:
+            item.add_marker(pytest.mark.xdist_group(name=callspec.params["norm"]))
