@@ -143,7 +143,7 @@ def _group_sum(t: torch.Tensor, out: torch.Tensor, weight: torch.Tensor | None =
     return out
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _row_block(height: int) -> int:
     """Block length (about sqrt(height)) that needs the fewest row additions in :func:`_scan_`."""
     return min(range(1, height + 1), key=lambda b: b + height // b + height % b)
@@ -468,7 +468,7 @@ class LocalContextNorm(nn.Module):
                 f"channels_per_group={channels_per_group!r} must divide num_features={num_features}; "
                 f"valid: {divisors}"
             )
-        if not isinstance(affine, bool):
+        if type(affine) is not bool:
             raise ValueError(f"affine={affine!r} is invalid; valid: True or False")
         self.num_features = num_features
         self.channels_per_group = channels_per_group
