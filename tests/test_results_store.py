@@ -21,7 +21,8 @@ from robustbench_norm.results.rows import (
     frame_to_rows,
     rows_to_frame,
 )
-from robustbench_norm.results.store import ResultStore, atomic_write
+from robustbench_norm.atomic import atomic_write
+from robustbench_norm.results.store import ResultStore
 
 
 def make_row(**overrides) -> ResultRow:

@@ -32,7 +32,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from robustbench_norm.results.rows import canonical_kwargs  # noqa: E402
-from robustbench_norm.results.store import atomic_write, check_name  # noqa: E402
+from robustbench_norm.atomic import atomic_write  # noqa: E402
+from robustbench_norm.results.store import check_name  # noqa: E402
 
 ANNOTATE_MAX_CLASSES = 12
 FIGURE_INCHES = 4.0

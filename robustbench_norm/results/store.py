@@ -20,13 +20,13 @@ from __future__ import annotations
 import fcntl
 import os
 import re
-import stat
-import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Callable, Iterable, Iterator, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import pandas as pd
+
+from robustbench_norm.atomic import atomic_write
 
 import robustbench_norm
 from robustbench_norm.results.rows import (
@@ -80,24 +80,6 @@ def locked(path: Path) -> Iterator[None]:
         lock_path.unlink(missing_ok=True)
         os.close(descriptor)
 
-
-def atomic_write(path: Path, write: Callable[[IO], None], *, binary: bool = False) -> None:
-    """Create or replace ``path`` with what ``write(handle)`` writes, atomically (temp file + ``os.replace``).
-
-    The file keeps the mode of the file it replaces (new files: 0644).
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(descriptor, stat.S_IMODE(path.stat().st_mode) if path.exists() else 0o644)
-        with os.fdopen(descriptor, "wb" if binary else "w", **({} if binary else {"newline": ""})) as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp_name, path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
 
 
 def merge_by_key(existing: pd.DataFrame, new: pd.DataFrame, key: Sequence[str]) -> pd.DataFrame:

@@ -39,7 +39,8 @@ import numpy as np
 import pandas as pd
 
 from robustbench_norm.results.rows import CLEAN, KEY_WITHOUT_SEED, OK
-from robustbench_norm.results.store import ResultStore, atomic_write, locked
+from robustbench_norm.atomic import atomic_write
+from robustbench_norm.results.store import ResultStore, locked
 
 ACCURACY = "accuracy"
 REFERENCE_NORM = "batchnorm"

@@ -25,7 +25,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +32,8 @@ from typing import Any, Callable
 
 import torch
 from torch import nn
+
+from robustbench_norm.atomic import atomic_write
 
 RECIPE_VERSION = "1"
 CHECKPOINT_FORMAT = 1
@@ -158,17 +159,7 @@ class CheckpointCache:
         return json.loads(payload["history_json"])
 
     def _write(self, path: Path, payload: dict[str, Any]) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=self.root, prefix=f".{path.stem}.", suffix=".tmp")
-        try:
-            with os.fdopen(handle, "wb") as file:
-                torch.save(payload, file)
-                file.flush()
-                os.fsync(file.fileno())
-            os.replace(temporary, path)
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
+        atomic_write(path, lambda handle: torch.save(payload, handle), binary=True)
 
 
 def _check_state_dict(state_dict: Any, model: nn.Module) -> None:
