@@ -27,12 +27,12 @@ class _Recording(nn.Module):
         return x * self.scale
 
 
-@register_norm("test_models_input_norm", placement="input")
+@register_norm("test_models_input_norm", placement="input", source="test")
 class InputRecording(_Recording):
     """Registered with placement "input"."""
 
 
-@register_norm("test_models_token_norm", placement="tokens")
+@register_norm("test_models_token_norm", placement="tokens", source="test")
 class TokenRecording(_Recording):
     """Registered with placement "tokens"."""
 

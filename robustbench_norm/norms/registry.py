@@ -108,7 +108,7 @@ def _load_plugins() -> None:
 def reload_plugins() -> None:
     """Discover entry points again (after a ``pip install`` in a running process, e.g. in tests)."""
     global _plugins_loaded
-    for name in [n for n, spec in _NORMS.items() if spec.source != "builtin"]:
+    for name in [n for n, spec in _NORMS.items() if spec.source.startswith("plugin")]:
         del _NORMS[name]
     _plugins_loaded = False
     _load_plugins()
