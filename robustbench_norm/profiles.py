@@ -93,6 +93,9 @@ class Profile:
     day_night: MixtureSettings
     superclass: MixtureSettings | None = None
     token_arch: str = "vit_tiny"  # the net of norms placed on ViT patch tokens (contextnorm_patches)
+    # ViTs do not train with the conv nets' SGD schedule (quick profile: loss stays at ln 10); they get Adam
+    token_optimizer: dict[str, Any] = field(
+        default_factory=lambda: {"optimizer": "adam", "lr": 1e-3, "weight_decay": 0.0})
     notes: dict[str, str] = field(default_factory=dict)
 
 

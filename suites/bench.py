@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 import zlib
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -35,7 +35,7 @@ from robustbench_norm.results import (
     save_confusion,
     update_baselines,
 )
-from robustbench_norm.training import CheckpointCache, resolve_device, train_supervised
+from robustbench_norm.training import CheckpointCache, TrainConfig, resolve_device, train_supervised
 
 
 def corruption_ids(names: list[str]) -> list[str]:
@@ -104,6 +104,12 @@ class Bench:
     def single_context(bundle: DatasetBundle) -> tuple[torch.Tensor, torch.Tensor]:
         """Context ids for a one-context scenario (all zeros), for train and test."""
         return (torch.zeros(len(bundle.train), dtype=torch.long), torch.zeros(len(bundle.test), dtype=torch.long))
+
+    def schedule(self, config: TrainConfig, norm: str) -> TrainConfig:
+        """The supervised schedule for ``norm``: a norm placed on ViT tokens trains with the profile's ViT optimiser."""
+        if get_norm(norm).placement == "tokens":
+            return replace(config, **self.profile.token_optimizer)
+        return config
 
     def build(self, arch: str, bundle: DatasetBundle | "JointData", norm: str, kwargs: dict[str, Any], num_classes: int) -> nn.Module:
         """The scenario's net with ``norm``; a norm placed on patch tokens runs on the profile's ViT."""
@@ -221,17 +227,18 @@ def run_mixture(bench: Bench, scenario: str, settings: MixtureSettings, norm: st
     """
     joint = join_parts(bench, settings)
     spec = get_norm(norm)
+    config = bench.schedule(settings.train, norm)
     kwargs = bench.norm_kwargs({"num_contexts": len(joint.context_names)} if spec.needs_context else {})
     images, labels, contexts = joint.test.as_float(), joint.test.labels, joint.test.contexts
     rows, confusions, models = [], {}, {}
     for seed in bench.seeds:
         cache_spec = spec_dict(scenario=scenario, arch=settings.arch, norm=norm, norm_kwargs=kwargs,
-                               parts=[asdict(p) for p in settings.parts], train=settings.train, seed=seed,
+                               parts=[asdict(p) for p in settings.parts], train=config, seed=seed,
                                context_from=settings.context_from, shared_labels=settings.shared_labels)
         model, checkpoint = bench.trained(
             cache_spec,
             build=lambda: bench.build(settings.arch, joint, norm, kwargs, joint.num_classes),
-            train=lambda m: bench.train_supervised(m, joint.train, settings.train, seed, joint.train.contexts),
+            train=lambda m: bench.train_supervised(m, joint.train, config, seed, joint.train.contexts),
         )
         models[seed] = model
         for mode in spec.eval_modes:

@@ -38,8 +38,8 @@ def test_batch_size(bench: Bench, norm: str, train_batch_size: int) -> None:
     settings = bench.profile.batch_size
     bundle = bench.dataset(settings.data)
     kwargs = bench.norm_kwargs()
-    config = replace(settings.train, batch_size=train_batch_size,
-                     lr=settings.train.lr * train_batch_size / settings.train.batch_size,
+    reference = bench.schedule(settings.train, norm)
+    config = replace(reference, batch_size=train_batch_size, lr=reference.lr * train_batch_size / reference.batch_size,
                      eval_batch_size=train_batch_size)
 
     def build():

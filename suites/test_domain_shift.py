@@ -39,11 +39,12 @@ def test_domain_shift(bench: Bench, norm: str, variant: str) -> None:
     spec = get_norm(norm)
     kwargs = bench.norm_kwargs({"num_contexts": 2} if spec.needs_context else {})
     batch = settings.adamatch.source_batch_size
+    source_only = bench.schedule(settings.source_only, norm)
 
     def train(model: torch.nn.Module):
         if variant == "source_only":
             ids = torch.full((len(source.train),), SOURCE, dtype=torch.long)
-            return bench.train_supervised(model, source.train, settings.source_only, seed, ids)
+            return bench.train_supervised(model, source.train, source_only, seed, ids)
         result = train_adamatch(model, source.train, target.train, settings.adamatch, device=bench.device,
                                 seed=seed, source_context=SOURCE, target_context=TARGET, progress=bench.progress)
         model.load_state_dict(result.ema_model.state_dict())
@@ -51,7 +52,7 @@ def test_domain_shift(bench: Bench, norm: str, variant: str) -> None:
 
     rows, confusions = [], {}
     for seed in bench.seeds:
-        schedule = settings.source_only if variant == "source_only" else settings.adamatch
+        schedule = source_only if variant == "source_only" else settings.adamatch
         cache_spec = spec_dict(scenario=SCENARIO, variant=variant, arch=settings.arch, norm=norm,
                                norm_kwargs=kwargs, source=settings.source, target=settings.target,
                                schedule=schedule, seed=seed)

@@ -32,17 +32,18 @@ def test_noise(bench: Bench, norm: str, corruption: str) -> None:
     bundle = bench.dataset(settings.data)
     kwargs = scenario_kwargs(norm, bench)
     spec = get_norm(norm)
+    config = bench.schedule(settings.train, norm)
     test_images = bundle.test.as_float()
     labels = bundle.test.labels
     train_contexts, test_contexts = bench.single_context(bundle)
     rows, confusions = [], {}
     for seed in bench.seeds:
         cache_spec = spec_dict(scenario=SCENARIO, arch=settings.arch, norm=norm, norm_kwargs=kwargs,
-                               data=settings.data, train=settings.train, seed=seed)
+                               data=settings.data, train=config, seed=seed)
         model, checkpoint = bench.trained(
             cache_spec,
             build=lambda: bench.build(settings.arch, bundle, norm, kwargs, bundle.num_classes),
-            train=lambda m: bench.train_supervised(m, bundle.train, settings.train, seed, train_contexts),
+            train=lambda m: bench.train_supervised(m, bundle.train, config, seed, train_contexts),
         )
         for severity in settings.severities[corruption]:
             noisy = corruptions.corrupt(corruption, test_images, severity,
