@@ -39,7 +39,13 @@ from corruptions.noise import (
     additive_poisson_noise,
     multiplicative_bernoulli_noise,
 )
-from corruptions.registry import Corruption, corrupt, get_corruption, list_corruptions, register_corruption
+from corruptions.registry import (
+    Corruption,
+    corrupt,
+    get_corruption,
+    list_corruptions,
+    register_corruption,
+)
 
 __all__ = [
     "AGN_MAX_SEVERITY",

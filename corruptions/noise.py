@@ -33,7 +33,12 @@ import torch
 from torch import Tensor
 
 from corruptions.registry import Corruption, register_corruption
-from corruptions.validation import check_generator, check_images, check_severity, sampling_dtype
+from corruptions.validation import (
+    check_generator,
+    check_images,
+    check_severity,
+    sampling_dtype,
+)
 
 AGN_SEVERITIES: tuple[float, ...] = (0.0, 0.1, 0.2, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 4.5, 5.0)
 """Standard deviations sigma of the authors' AGN evaluation (Stanford Cars scripts)."""

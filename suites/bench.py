@@ -20,22 +20,27 @@ from torch import nn
 
 import corruptions
 from robustbench_norm.data import DatasetBundle, ImageSet, load_dataset
+from robustbench_norm.evaluation import predict
 from robustbench_norm.models import build_model
 from robustbench_norm.norms import get_norm
 from robustbench_norm.profiles import DataSpec, MixtureSettings, Profile, get_profile
-from robustbench_norm.evaluation import predict
 from robustbench_norm.results import (
     ResultRow,
-    confusion_matrix,
-    prediction_entropy,
     ResultStore,
     check_against_baselines,
     collect_provenance,
+    confusion_matrix,
     confusion_path,
+    prediction_entropy,
     save_confusion,
     update_baselines,
 )
-from robustbench_norm.training import CheckpointCache, TrainConfig, resolve_device, train_supervised
+from robustbench_norm.training import (
+    CheckpointCache,
+    TrainConfig,
+    resolve_device,
+    train_supervised,
+)
 
 
 def corruption_ids(names: list[str]) -> list[str]:

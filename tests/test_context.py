@@ -13,7 +13,11 @@ import torch
 from torch.func import functional_call
 
 from robustbench_norm.norms import build_norm, set_context_inference, use_context
-from robustbench_norm.norms.context import ContextNorm2d, ContextNormPatches, context_norm_plus
+from robustbench_norm.norms.context import (
+    ContextNorm2d,
+    ContextNormPatches,
+    context_norm_plus,
+)
 from robustbench_norm.norms.routing import context_layers
 
 EPS = 1e-5

@@ -27,8 +27,8 @@ from corruptions import (
     list_corruptions,
     multiplicative_bernoulli_noise,
     register_corruption,
+    registry,
 )
-from corruptions import registry
 
 BUILTINS = ("additive_gaussian_noise", "additive_poisson_noise", "multiplicative_bernoulli_noise")
 MID_SEVERITY = {"additive_gaussian_noise": 1.0, "additive_poisson_noise": 0.5, "multiplicative_bernoulli_noise": 0.5}

@@ -16,10 +16,10 @@ from robustbench_norm.data import (
     ImageSet,
     list_datasets,
     load_dataset,
+    night,
     night_rendering,
     stratified_subset,
 )
-from robustbench_norm.data import night
 from robustbench_norm.data.compose import contrasting_colours, gaussian_blur, luminance
 from robustbench_norm.data.convert import convert_images
 

@@ -8,7 +8,6 @@ per format checks that without the substitution the loader refuses the files.
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 import torch

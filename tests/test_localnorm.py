@@ -7,10 +7,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tests.reference_loops import loop_localnorm
 from robustbench_norm.norms import build_norm, get_norm
-from robustbench_norm.norms.localnorm import LocalNorm, convert_batchnorm_to_localnorm, localnorm_evaluation
+from robustbench_norm.norms.localnorm import (
+    LocalNorm,
+    convert_batchnorm_to_localnorm,
+    localnorm_evaluation,
+)
 from robustbench_norm.norms.standard import BatchNorm
+from tests.reference_loops import loop_localnorm
 
 EPS = 1e-5
 

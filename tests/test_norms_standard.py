@@ -7,6 +7,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from robustbench_norm.norms import build_norm, get_norm
+from robustbench_norm.norms.standard import (
+    BatchNorm,
+    BatchNormTestStats,
+    GroupNorm,
+    default_num_groups,
+    use_test_batch_stats,
+)
 from tests.reference_loops import (
     loop_batchnorm_running,
     loop_batchnorm_train,
@@ -15,14 +23,6 @@ from tests.reference_loops import (
     loop_instancenorm,
     loop_layernorm,
     loop_positionalnorm,
-)
-from robustbench_norm.norms import build_norm, get_norm
-from robustbench_norm.norms.standard import (
-    BatchNorm,
-    BatchNormTestStats,
-    GroupNorm,
-    default_num_groups,
-    use_test_batch_stats,
 )
 
 EPS = 1e-5

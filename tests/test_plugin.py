@@ -17,7 +17,13 @@ from typing import Iterator
 import pytest
 import torch
 
-from robustbench_norm.norms import ENTRY_POINT_GROUP, build_norm, get_norm, list_norms, reload_plugins
+from robustbench_norm.norms import (
+    ENTRY_POINT_GROUP,
+    build_norm,
+    get_norm,
+    list_norms,
+    reload_plugins,
+)
 
 PACKAGE = '''
 """A third-party normalization layer."""

@@ -6,7 +6,13 @@ import pytest
 import torch
 from torch import nn
 
-from robustbench_norm.norms import build_norm, check_kwargs, get_norm, list_norms, register_norm
+from robustbench_norm.norms import (
+    build_norm,
+    check_kwargs,
+    get_norm,
+    list_norms,
+    register_norm,
+)
 
 BUILTINS = [
     "batchnorm",

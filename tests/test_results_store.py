@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 import torch
 
+from robustbench_norm.atomic import atomic_write
 from robustbench_norm.results import store as store_module
 from robustbench_norm.results.provenance import collect_provenance, git_commit
 from robustbench_norm.results.rows import (
@@ -21,7 +22,6 @@ from robustbench_norm.results.rows import (
     frame_to_rows,
     rows_to_frame,
 )
-from robustbench_norm.atomic import atomic_write
 from robustbench_norm.results.store import ResultStore
 
 

@@ -21,7 +21,12 @@ from robustbench_norm.results.baselines import (
 )
 from robustbench_norm.results.rows import ResultRow, rows_to_frame
 from robustbench_norm.results.store import ResultStore
-from robustbench_norm.results.summary import robustness_table, summarize, summary_markdown, write_summary
+from robustbench_norm.results.summary import (
+    robustness_table,
+    summarize,
+    summary_markdown,
+    write_summary,
+)
 
 
 def make_row(**overrides) -> ResultRow:

@@ -6,7 +6,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.reference_loops import loop_fit_mixture, loop_mixture_moments, loop_mixturenorm, loop_switchnorm
 from robustbench_norm.norms import build_norm, get_norm
 from robustbench_norm.norms.mixture import (
     MIN_PRIOR,
@@ -18,6 +17,12 @@ from robustbench_norm.norms.mixture import (
     weighted_moments,
 )
 from robustbench_norm.norms.switchable import SwitchNorm
+from tests.reference_loops import (
+    loop_fit_mixture,
+    loop_mixture_moments,
+    loop_mixturenorm,
+    loop_switchnorm,
+)
 
 EPS = 1e-5
 F64 = torch.float64

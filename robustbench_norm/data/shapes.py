@@ -31,7 +31,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .compose import contrasting_colours, gaussian_blur, illumination, luminance, stream, to_uint8, uniform
+from .compose import (
+    contrasting_colours,
+    gaussian_blur,
+    illumination,
+    luminance,
+    stream,
+    to_uint8,
+    uniform,
+)
 from .imageset import DatasetBundle, ImageSet
 
 NAME = "shapes"

@@ -41,7 +41,15 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .backgrounds import natural_crops
-from .compose import contrasting_colours, gaussian_blur, illumination, luminance, stream, to_uint8, uniform
+from .compose import (
+    contrasting_colours,
+    gaussian_blur,
+    illumination,
+    luminance,
+    stream,
+    to_uint8,
+    uniform,
+)
 from .imageset import DatasetBundle, ImageSet
 
 NAME = "street_digits"

@@ -4,7 +4,15 @@ Importing this package registers the built-in families (one module each); instal
 discovered on first lookup. See :mod:`robustbench_norm.norms.registry` for the protocol.
 """
 
-from robustbench_norm.norms import context, ilm, lcn, localnorm, mixture, standard, switchable  # noqa: F401
+from robustbench_norm.norms import (  # noqa: F401
+    context,
+    ilm,
+    lcn,
+    localnorm,
+    mixture,
+    standard,
+    switchable,
+)
 from robustbench_norm.norms.registry import (
     ENTRY_POINT_GROUP,
     NormSpec,

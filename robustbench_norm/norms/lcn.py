@@ -60,7 +60,11 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 
 from robustbench_norm.norms.registry import register_norm
-from robustbench_norm.norms.standard import check_eps, check_input_2d, check_num_features
+from robustbench_norm.norms.standard import (
+    check_eps,
+    check_input_2d,
+    check_num_features,
+)
 
 # Input values per batch chunk (4 MB of float32): one chunk's temporaries stay in cache.
 _CHUNK_ELEMENTS = 1 << 20

@@ -44,7 +44,11 @@ import torch
 from torch import nn
 
 from robustbench_norm.norms.registry import register_norm
-from robustbench_norm.norms.standard import check_eps, check_input_2d, check_num_features
+from robustbench_norm.norms.standard import (
+    check_eps,
+    check_input_2d,
+    check_num_features,
+)
 
 
 def _is_int(value: object) -> bool:

@@ -43,7 +43,12 @@ import torch
 from torch import nn
 
 from robustbench_norm.norms.registry import register_norm
-from robustbench_norm.norms.standard import check_eps, check_input_2d, check_momentum, check_num_features
+from robustbench_norm.norms.standard import (
+    check_eps,
+    check_input_2d,
+    check_momentum,
+    check_num_features,
+)
 
 MIN_PRIOR = 1e-6
 """Floor of the EM priors lambda_k, so that tau_k / sqrt(lambda_k) stays finite for an empty component."""

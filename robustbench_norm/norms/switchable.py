@@ -35,7 +35,12 @@ import torch
 from torch import nn
 
 from robustbench_norm.norms.registry import register_norm
-from robustbench_norm.norms.standard import check_eps, check_input_2d, check_momentum, check_num_features
+from robustbench_norm.norms.standard import (
+    check_eps,
+    check_input_2d,
+    check_momentum,
+    check_num_features,
+)
 
 
 @register_norm(

@@ -32,7 +32,12 @@ from pathlib import Path
 import pandas as pd
 
 from robustbench_norm.results.rows import KEY_WITHOUT_SEED, OK
-from robustbench_norm.results.store import atomic_write, check_name, locked, merge_by_key
+from robustbench_norm.results.store import (
+    atomic_write,
+    check_name,
+    locked,
+    merge_by_key,
+)
 from robustbench_norm.results.summary import mean_se
 
 TOL_K = 3.0

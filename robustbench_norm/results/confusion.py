@@ -31,8 +31,8 @@ import matplotlib.pyplot as plt  # noqa: E402  (backend chosen first)
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from robustbench_norm.results.rows import canonical_kwargs  # noqa: E402
 from robustbench_norm.atomic import atomic_write  # noqa: E402
+from robustbench_norm.results.rows import canonical_kwargs  # noqa: E402
 from robustbench_norm.results.store import check_name  # noqa: E402
 
 ANNOTATE_MAX_CLASSES = 12

@@ -26,8 +26,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (backend chosen first)
 import pandas as pd  # noqa: E402
 
-from robustbench_norm.results.rows import CLEAN, OK  # noqa: E402
 from robustbench_norm.atomic import atomic_write  # noqa: E402
+from robustbench_norm.results.rows import CLEAN, OK  # noqa: E402
 from robustbench_norm.results.store import ResultStore  # noqa: E402
 from robustbench_norm.results.summary import (  # noqa: E402
     ACCURACY,

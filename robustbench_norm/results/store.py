@@ -26,9 +26,8 @@ from typing import Iterable, Iterator, Sequence
 
 import pandas as pd
 
-from robustbench_norm.atomic import atomic_write
-
 import robustbench_norm
+from robustbench_norm.atomic import atomic_write
 from robustbench_norm.results.rows import (
     COLUMNS,
     KEY_FIELDS,

@@ -38,8 +38,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from robustbench_norm.results.rows import CLEAN, KEY_WITHOUT_SEED, OK
 from robustbench_norm.atomic import atomic_write
+from robustbench_norm.results.rows import CLEAN, KEY_WITHOUT_SEED, OK
 from robustbench_norm.results.store import ResultStore, locked
 
 ACCURACY = "accuracy"
