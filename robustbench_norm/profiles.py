@@ -116,7 +116,7 @@ QUICK = Profile(
     noise=NoiseSettings(
         data=_DIGITS,
         arch="quick_cnn",
-        train=TrainConfig(epochs=10, batch_size=32, lr=0.05),
+        train=TrainConfig(epochs=8, batch_size=32, lr=0.05),
         severities=_QUICK_SEVERITIES,
         localnorm_groups=4,
         eval_batch_size=32,
@@ -124,17 +124,17 @@ QUICK = Profile(
     batch_size=BatchSizeSettings(
         data=DataSpec("digits", train_size=640),
         arch="quick_cnn",
-        train=TrainConfig(epochs=6, batch_size=64, lr=0.05),
+        train=TrainConfig(epochs=5, batch_size=64, lr=0.05),
         batch_sizes=(64, 16, 4, 2),
     ),
     domain_shift=DomainShiftSettings(
         source=DataSpec("digits", image_size=28, channels=3),
         target=DataSpec("street_digits", train_size=1500, test_size=500, image_size=28),
         arch="quick_cnn",
-        # ~270 steps: the reference's 0.999 EMAs would still hold most of their initial values
-        adamatch=AdaMatchConfig(epochs=6, source_batch_size=32, ema_momentum=0.99,
+        # ~180 steps: the reference's 0.999 EMAs would still hold most of their initial values
+        adamatch=AdaMatchConfig(epochs=4, source_batch_size=32, ema_momentum=0.99,
                                 source_distribution_momentum=0.99),
-        source_only=TrainConfig(epochs=6, batch_size=32, lr=0.03, weight_decay=1e-3),
+        source_only=TrainConfig(epochs=4, batch_size=32, lr=0.03, weight_decay=1e-3),
     ),
     blend=MixtureSettings(
         parts=(

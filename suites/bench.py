@@ -131,10 +131,15 @@ class Bench:
 
     def trained(self, spec: dict[str, Any], build: Callable[[], nn.Module],
                 train: Callable[[nn.Module], Any]) -> tuple[nn.Module, str]:
-        """Train ``build()`` with ``train`` unless the cache holds the weights for ``spec``; memoised in-process."""
+        """Train ``build()`` with ``train`` unless the cache holds the weights for ``spec``; memoised in-process.
+
+        The model is built right after seeding with ``spec["seed"]``, so its initial weights depend on the seed
+        alone, never on what ran before in the process (test order, -k selections, xdist placement).
+        """
         spec = {**spec, "device": self.device.type}
         memo = repr(sorted(spec.items()))
         if memo not in self._models:
+            seed_everything(spec["seed"])
             result = self.cache.train_or_load(spec, build(), train)
             self._models[memo] = (result.model.to(self.device).eval(), result.key)
         return self._models[memo]

@@ -2,7 +2,7 @@
 
 Each batch size trains for the same number of epochs with the learning rate scaled linearly from the
 profile's reference batch size (Goyal et al.'s rule, as in the GroupNorm paper's sweep). Equal epochs mean
-fewer optimiser steps at large batches: on the quick profile's short schedule batch 64 takes 60 steps and
+fewer optimiser steps at large batches: on the quick profile's short schedule batch 64 takes 50 steps and
 can end below batch 16, a property of the schedule that every norm shares. Batch-dependent
 test modes evaluate batches of the training size. A layer that cannot train at a size (LocalNorm with more
 groups than samples) or whose training diverges gets rows with value NaN and a status saying why.

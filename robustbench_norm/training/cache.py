@@ -35,7 +35,7 @@ from torch import nn
 
 from robustbench_norm.atomic import atomic_write
 
-RECIPE_VERSION = "1"
+RECIPE_VERSION = "2"  # 2: suite models are built right after seeding (init independent of test order)
 CHECKPOINT_FORMAT = 1
 DEVICE_TYPES: tuple[str, ...] = ("cpu", "cuda")
 
