@@ -39,6 +39,7 @@ from robustbench_norm.training import (
     CheckpointCache,
     TrainConfig,
     resolve_device,
+    seed_everything,
     train_supervised,
 )
 
