@@ -8,6 +8,7 @@ independent, reproducible generators from one user seed and a stream name ("trai
 from __future__ import annotations
 
 import zlib
+from typing import Callable
 
 import numpy as np
 import torch
@@ -15,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .convert import LUMINANCE_WEIGHTS
+from .imageset import DatasetBundle, ImageSet
 
 
 def stream(seed: int, name: str) -> torch.Generator:
@@ -86,3 +88,25 @@ def gaussian_blur(images: Tensor, sigma: Tensor, radius: int = 3) -> Tensor:
 def to_uint8(images: Tensor) -> Tensor:
     """Float images in [0, 1] (values outside are clamped) -> uint8 0..255, rounded to nearest."""
     return images.mul(255).round_().clamp_(0, 255).to(torch.uint8)
+
+
+def blur_and_noise(images: Tensor, blur: tuple[float, float], noise: float, generator: torch.Generator) -> Tensor:
+    """Per-image Gaussian blur (sigma ~ U(blur)) then sensor noise (std ~ U(0, noise)), as uint8 images."""
+    count = images.shape[0]
+    images = gaussian_blur(images, uniform((count,), *blur, generator))
+    images = images + torch.randn(images.shape, generator=generator) * uniform((count, 1, 1, 1), 0, noise, generator)
+    return to_uint8(images)
+
+
+def generated_bundle(name: str, make: Callable[[int, torch.Generator, str], ImageSet], seed: int,
+                     train_size: int, test_size: int, image_size: int) -> DatasetBundle:
+    """Train and test sets of a generated RGB 10-class set from the seed's "<name>/train" and "<name>/test" streams."""
+    return DatasetBundle(
+        name=name,
+        train=make(train_size, stream(seed, f"{name}/train"), f"{name}/train"),
+        test=make(test_size, stream(seed, f"{name}/test"), f"{name}/test"),
+        num_classes=10,
+        channels=3,
+        image_size=image_size,
+    )
+

@@ -32,12 +32,11 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .compose import (
+    blur_and_noise,
     contrasting_colours,
-    gaussian_blur,
+    generated_bundle,
     illumination,
     luminance,
-    stream,
-    to_uint8,
     uniform,
 )
 from .imageset import DatasetBundle, ImageSet
@@ -148,18 +147,9 @@ def make_shapes(count: int, generator: torch.Generator, name: str = NAME) -> Ima
     background = first + (second - first) * amplitude * _textures(count, generator)
     fill = contrasting_colours(luminance(background).mean(dim=(1, 2)), 0.25, 0.7, generator).view(count, 3, 1, 1)
     images = (background * (1 - coverage) + fill * coverage) * illumination(count, IMAGE_SIZE, 0.2, generator)
-    images = gaussian_blur(images, uniform((count,), 0.05, 0.6, generator))
-    images = images + torch.randn(images.shape, generator=generator) * uniform((count, 1, 1, 1), 0, 0.02, generator)
-    return ImageSet(to_uint8(images), labels, name)
+    return ImageSet(blur_and_noise(images, (0.05, 0.6), 0.02, generator), labels, name)
 
 
 def load_shapes_bundle(seed: int, train_size: int, test_size: int) -> DatasetBundle:
     """Train and test sets of the given sizes from the seed's "shapes/train" and "shapes/test" streams."""
-    return DatasetBundle(
-        name=NAME,
-        train=make_shapes(train_size, stream(seed, f"{NAME}/train"), f"{NAME}/train"),
-        test=make_shapes(test_size, stream(seed, f"{NAME}/test"), f"{NAME}/test"),
-        num_classes=10,
-        channels=3,
-        image_size=IMAGE_SIZE,
-    )
+    return generated_bundle(NAME, make_shapes, seed, train_size, test_size, IMAGE_SIZE)

@@ -42,12 +42,11 @@ from torch import Tensor
 
 from .backgrounds import natural_crops
 from .compose import (
+    blur_and_noise,
     contrasting_colours,
-    gaussian_blur,
+    generated_bundle,
     illumination,
     luminance,
-    stream,
-    to_uint8,
     uniform,
 )
 from .imageset import DatasetBundle, ImageSet
@@ -146,18 +145,9 @@ def make_street_digits(count: int, generator: torch.Generator, name: str = NAME)
     background = alpha * crops + (1 - alpha) * flat
     ink = contrasting_colours(luminance(background).mean(dim=(1, 2)), 0.25, 0.7, generator).view(count, 3, 1, 1)
     images = (background * (1 - coverage) + ink * coverage) * illumination(count, IMAGE_SIZE, 0.3, generator)
-    images = gaussian_blur(images, uniform((count,), 0.2, 1.1, generator))
-    images = images + torch.randn(images.shape, generator=generator) * uniform((count, 1, 1, 1), 0, 0.03, generator)
-    return ImageSet(to_uint8(images), labels, name)
+    return ImageSet(blur_and_noise(images, (0.2, 1.1), 0.03, generator), labels, name)
 
 
 def load_street_digits_bundle(seed: int, train_size: int, test_size: int) -> DatasetBundle:
     """Train and test sets of the given sizes from the seed's "street_digits/train" and ".../test" streams."""
-    return DatasetBundle(
-        name=NAME,
-        train=make_street_digits(train_size, stream(seed, f"{NAME}/train"), f"{NAME}/train"),
-        test=make_street_digits(test_size, stream(seed, f"{NAME}/test"), f"{NAME}/test"),
-        num_classes=10,
-        channels=3,
-        image_size=IMAGE_SIZE,
-    )
+    return generated_bundle(NAME, make_street_digits, seed, train_size, test_size, IMAGE_SIZE)
