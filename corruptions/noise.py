@@ -34,9 +34,7 @@ from torch import Tensor
 
 from corruptions.registry import Corruption, register_corruption
 from corruptions.validation import (
-    check_generator,
-    check_images,
-    check_severity,
+    check_call,
     sampling_dtype,
 )
 
@@ -80,9 +78,7 @@ def additive_gaussian_noise(images: Tensor, severity: float, *, generator: torch
         returns ``images.clone()`` without advancing the generator.
     """
     name = "additive_gaussian_noise"
-    check_images(images, name)
-    sigma = check_severity(severity, name, "sigma", AGN_MAX_SEVERITY)
-    check_generator(generator, images, name)
+    sigma = check_call(images, severity, generator, name, "sigma", AGN_MAX_SEVERITY)
     if sigma == 0.0:
         return images.clone()
     xi = torch.randn(images.shape, generator=generator, dtype=sampling_dtype(images.dtype), device=images.device)
@@ -108,9 +104,7 @@ def additive_poisson_noise(images: Tensor, severity: float, *, generator: torch.
         ``images.clone()`` without advancing the generator.
     """
     name = "additive_poisson_noise"
-    check_images(images, name)
-    rate = check_severity(severity, name, "lambda", APN_MAX_SEVERITY)
-    check_generator(generator, images, name)
+    rate = check_call(images, severity, generator, name, "lambda", APN_MAX_SEVERITY)
     if rate == 0.0:
         return images.clone()
     rates = torch.full(images.shape, rate, dtype=sampling_dtype(images.dtype), device=images.device)
@@ -138,9 +132,7 @@ def multiplicative_bernoulli_noise(images: Tensor, severity: float, *, generator
         the generator.
     """
     name = "multiplicative_bernoulli_noise"
-    check_images(images, name)
-    p = check_severity(severity, name, "p", MBN_MAX_SEVERITY)
-    check_generator(generator, images, name)
+    p = check_call(images, severity, generator, name, "p", MBN_MAX_SEVERITY)
     if p == 0.0:
         return images.clone()
     n, _, h, w = images.shape

@@ -70,3 +70,12 @@ def check_generator(generator: object, images: Tensor, corruption: str) -> torch
 def sampling_dtype(dtype: torch.dtype) -> torch.dtype:
     """The dtype noise is drawn and applied in: ``dtype`` promoted to at least float32."""
     return torch.promote_types(dtype, torch.float32)
+
+
+def check_call(images: object, severity: object, generator: object, corruption: str, symbol: str,
+               max_severity: float) -> float:
+    """Validate one corruption call (images, severity, generator) and return the severity as a float."""
+    check_images(images, corruption)
+    value = check_severity(severity, corruption, symbol, max_severity)
+    check_generator(generator, images, corruption)
+    return value
