@@ -64,3 +64,25 @@ DIGITS_MNIST_NET = TrainConfig(epochs=8, batch_size=50, lr=0.05)
 Batch 50 rather than the paper's 100 gives twice the steps per epoch on this small set: 8 epochs (224 steps)
 reach 98-99% test accuracy with BatchNorm (seeds 0-3) in about 4 s on 2 CPU cores.
 """
+
+
+@dataclass(frozen=True)
+class TTAConfig:
+    """Test-time adaptation of the norm layers (``robustbench_norm.evaluation.tta``).
+
+    ``bn_adapt`` (Schneider et al., NeurIPS 2020): BatchNorm normalises with ``N/(N+n)`` source (running) plus
+    ``n/(N+n)`` test-batch statistics, n the test batch size and N = ``bn_adapt_prior`` (0: test-batch
+    statistics, ``inf``: running statistics). ``tent`` (Wang et al., ICLR 2021, the authors' CIFAR-10-C
+    configuration): Adam with ``tent_lr``, ``tent_betas`` and ``tent_weight_decay`` on the norm layers' affine
+    weight and bias, ``tent_steps`` step(s) per test batch, episodic: every condition starts from the trained
+    weights (the model is deep-copied per call), so no condition sees another's adaptation.
+    """
+
+    bn_adapt_prior: float = 16.0
+    tent_lr: float = 1e-3
+    tent_betas: tuple[float, float] = (0.9, 0.999)
+    tent_weight_decay: float = 0.0
+    tent_steps: int = 1
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
