@@ -28,8 +28,8 @@ from robustbench_norm.results.store import ResultStore
 def make_row(**overrides) -> ResultRow:
     fields = dict(scenario="noise", profile="quick", dataset="digits", model="quick_cnn", norm="batchnorm",
                   norm_kwargs={}, variant="standard", eval_mode="running_stats", corruption="agn",
-                  severity=0.5, train_batch_size=64, seed=0, metric="accuracy", value=0.75, n_examples=100,
-                  device="cpu", versions="python=3.11", git_commit="abc1234", checkpoint_hash="deadbeef",
+                  severity=0.5, train_batch_size=64, seed=0, recipe="r1", metric="accuracy", value=0.75,
+                  chance=0.1, n_examples=100, device="cpu", versions="python=3.11", git_commit="abc1234", checkpoint_hash="deadbeef",
                   wall_seconds=0.25)
     fields.update(overrides)
     return ResultRow(**fields)
@@ -39,11 +39,11 @@ def make_row(**overrides) -> ResultRow:
 
 
 def test_row_field_order_and_key():
-    assert COLUMNS[:13] == ("scenario", "profile", "dataset", "model", "norm", "norm_kwargs", "variant",
-                            "eval_mode", "corruption", "severity", "train_batch_size", "seed", "metric")
-    assert COLUMNS[13:] == ("value", "n_examples", "status", "device", "versions", "git_commit",
-                            "checkpoint_hash", "wall_seconds")
-    assert KEY_FIELDS == COLUMNS[:13]
+    assert COLUMNS[:14] == ("scenario", "profile", "dataset", "model", "norm", "norm_kwargs", "variant",
+                            "eval_mode", "corruption", "severity", "train_batch_size", "seed", "recipe", "metric")
+    assert COLUMNS[14:] == ("value", "chance", "n_examples", "status", "device", "hardware", "versions",
+                            "git_commit", "checkpoint_hash", "wall_seconds")
+    assert KEY_FIELDS == (*COLUMNS[:14], "device")
 
 
 def test_row_canonicalises_kwargs_and_numbers():
@@ -98,11 +98,11 @@ def test_csv_round_trip_keeps_types_and_tricky_strings(tmp_path):
 
 def test_provenance_formats_and_cache(monkeypatch):
     first = collect_provenance(torch.device("cpu"))
-    assert first.device.startswith("cpu (")
+    assert first.device == "cpu" and first.hardware.startswith("cpu (")
     assert re.fullmatch(r"python=3\.\d+\.\d+ torch=\S+ numpy=\S+ robustbench_norm=\S+", first.versions)
     assert re.fullmatch(r"[0-9a-f]{4,40}(-dirty)?|unknown", first.git_commit)
-    assert first.as_fields() == {"device": first.device, "versions": first.versions,
-                                 "git_commit": first.git_commit}
+    assert first.as_fields() == {"device": first.device, "hardware": first.hardware,
+                                 "versions": first.versions, "git_commit": first.git_commit}
 
     def no_subprocess(*args, **kwargs):
         raise AssertionError("provenance must be computed once per process")

@@ -4,7 +4,9 @@ Recorded in every :class:`~robustbench_norm.results.rows.ResultRow`, so that a n
 can be traced to what produced it (pytest-benchmark records the same trio as ``machine_info`` /
 ``commit_info``).
 
-* ``device``: ``"cpu (x86_64, 2 cores)"`` or ``"cuda:0 (NVIDIA H100 80GB HBM3)"``;
+* ``device``: the device type, ``"cpu"`` or ``"cuda"`` (part of a row's key: weights trained on a GPU differ
+  from CPU ones, so the two are never merged or averaged);
+* ``hardware``: ``"cpu (x86_64, 2 cores)"`` or ``"cuda:0 (NVIDIA H100 80GB HBM3)"``;
 * ``versions``: ``"python=3.11.7 torch=2.13.0+cpu numpy=2.4.6 robustbench_norm=0.1.0"``;
 * ``git_commit``: ``git rev-parse --short HEAD`` of the checkout that holds this package, with
   ``"-dirty"`` appended when ``git status --porcelain`` lists a change outside ``leaderboards/``
@@ -41,17 +43,20 @@ class Provenance:
     """Where and with what code a measurement was taken (see the module docstring for the formats)."""
 
     device: str
+    hardware: str
     versions: str
     git_commit: str
 
     def as_fields(self) -> dict[str, str]:
-        """The three :class:`~robustbench_norm.results.rows.ResultRow` fields this fills in."""
-        return {"device": self.device, "versions": self.versions, "git_commit": self.git_commit}
+        """The four :class:`~robustbench_norm.results.rows.ResultRow` fields this fills in."""
+        return {"device": self.device, "hardware": self.hardware, "versions": self.versions,
+                "git_commit": self.git_commit}
 
 
 def collect_provenance(device: torch.device) -> Provenance:
     """The :class:`Provenance` of measurements taken on ``device`` by this process (cached)."""
-    return Provenance(describe_device(device), package_versions(), git_commit(_package_file()))
+    return Provenance(str(device).split(":")[0], describe_device(device), package_versions(),
+                      git_commit(_package_file()))
 
 
 @lru_cache(maxsize=None)

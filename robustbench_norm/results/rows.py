@@ -2,9 +2,21 @@
 
 Every number the benchmark produces is one :class:`ResultRow`: *what* was measured (the key: scenario,
 profile, data, model, norm and its kwargs, training variant, test-time mode, corruption and severity,
-training batch size, seed, metric) and *how* (value, number of test examples, status, device, package
-versions, git commit, checkpoint hash, wall-clock seconds). Long format keeps every scenario in one
-schema; tables are pivots of it (:mod:`robustbench_norm.results.summary`).
+training batch size, seed, recipe, metric, device) and *how* (value, chance level, number of test
+examples, status, package versions, git commit, checkpoint hash, wall-clock seconds). Long format keeps
+every scenario in one schema; tables are pivots of it (:mod:`robustbench_norm.results.summary`).
+
+Two key fields keep runs that may legitimately differ apart, so that merging one never replaces the other:
+
+* ``recipe`` names the training recipe (a short hash of everything that determines the weights except the
+  seed and the device: data, net, norm kwargs, schedule, recipe version). A smoke run with ``--epochs 1`` has
+  another recipe than the profile's and so can never overwrite the profile's rows; ``"unspecified"`` marks
+  rows whose weights did not come from this suite (a user's own model);
+* ``device`` (``cpu`` / ``cuda``): GPU and CPU runs train different weights and are never merged
+  (``hardware`` describes the machine: CPU architecture and cores, or the GPU's name).
+
+``chance`` is the accuracy of guessing the most frequent test class (for ``accuracy`` rows; NaN for
+metrics without a chance level): summaries flag values within 5 points of it.
 
 CSV conventions (one header line = the field order of :class:`ResultRow`):
 
@@ -29,6 +41,7 @@ import pandas as pd
 
 OK = "ok"
 CLEAN = "none"
+UNSPECIFIED = "unspecified"
 
 
 def canonical_kwargs(kwargs: Mapping[str, Any] | str) -> str:
@@ -60,11 +73,14 @@ class ResultRow:
     severity: float
     train_batch_size: int
     seed: int
+    recipe: str = UNSPECIFIED
     metric: str
     value: float
+    chance: float = math.nan
     n_examples: int
     status: str = OK
     device: str
+    hardware: str = UNSPECIFIED
     versions: str
     git_commit: str
     checkpoint_hash: str
@@ -82,7 +98,7 @@ class ResultRow:
             if not isinstance(value, str) or "\n" in value:
                 raise ValueError(f"{name} must be a one-line string, got {value!r}")
         for name in ("scenario", "profile", "dataset", "model", "norm", "variant", "eval_mode",
-                     "corruption", "metric", "status"):
+                     "corruption", "recipe", "metric", "status"):
             if not getattr(self, name):
                 raise ValueError(f"{name} must be a non-empty string")
         if not math.isfinite(self.severity) or self.severity < 0:
@@ -111,10 +127,10 @@ def _as_int(name: str, value: Any) -> int:
 COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(ResultRow))
 KEY_FIELDS: tuple[str, ...] = (
     "scenario", "profile", "dataset", "model", "norm", "norm_kwargs", "variant", "eval_mode",
-    "corruption", "severity", "train_batch_size", "seed", "metric",
+    "corruption", "severity", "train_batch_size", "seed", "recipe", "metric", "device",
 )
 KEY_WITHOUT_SEED: tuple[str, ...] = tuple(name for name in KEY_FIELDS if name != "seed")
-FLOAT_FIELDS: tuple[str, ...] = ("severity", "value", "wall_seconds")
+FLOAT_FIELDS: tuple[str, ...] = ("severity", "value", "chance", "wall_seconds")
 INT_FIELDS: tuple[str, ...] = ("train_batch_size", "seed", "n_examples")
 STRING_FIELDS: tuple[str, ...] = tuple(n for n in COLUMNS if n not in FLOAT_FIELDS + INT_FIELDS)
 
