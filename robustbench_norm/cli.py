@@ -7,6 +7,9 @@
 * ``compare A.csv B.csv [--metric accuracy] [--tolerance 0.02]``: the seed means of two result CSVs
   joined on the key without seed; exit code 1 if any B < A - tolerance (higher is better), else 0.
 
+Exit codes of ``list``, ``publish`` and ``compare``: 0 success, 1 only for "regression found" (``compare``),
+2 for every error (bad arguments, a missing file, a damaged CSV: the message names the file and the problem).
+
 Heavy modules (torch, the norm registry) are imported inside the subcommand that needs them.
 """
 
@@ -21,6 +24,8 @@ from pathlib import Path
 from typing import Sequence
 
 SUITES_DIRNAME = "suites"
+REGRESSION_EXIT = 1
+ERROR_EXIT = 2
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
@@ -69,7 +74,7 @@ def _cmd_publish(args: argparse.Namespace) -> int:
     results_dir = Path(args.results_dir) if args.results_dir else default_results_dir()
     if not results_dir.is_dir():
         print(f"error: results directory {results_dir} does not exist", file=sys.stderr)
-        return 2
+        return ERROR_EXIT
     written = publish(results_dir, args.out_dir)
     for path in written:
         print(path)
@@ -80,14 +85,14 @@ def _cmd_publish(args: argparse.Namespace) -> int:
 def _cmd_compare(args: argparse.Namespace) -> int:
     from robustbench_norm.results import KEY_WITHOUT_SEED, read_frame_csv, summarize
 
-    if args.tolerance < 0:
-        print(f"error: --tolerance must be >= 0, got {args.tolerance}", file=sys.stderr)
-        return 2
+    if not (math.isfinite(args.tolerance) and args.tolerance >= 0):
+        print(f"error: --tolerance must be a finite number >= 0, got {args.tolerance}", file=sys.stderr)
+        return ERROR_EXIT
     frames = []
     for path in (args.a, args.b):
         if not Path(path).is_file():
             print(f"error: {path} does not exist", file=sys.stderr)
-            return 2
+            return ERROR_EXIT
         frame = read_frame_csv(path)
         frames.append(summarize(frame.loc[frame["metric"] == args.metric]))
     key = list(KEY_WITHOUT_SEED)
@@ -104,7 +109,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     print(f"only in A: {only.get('left_only', 0)}, only in B: {only.get('right_only', 0)}")
     regressions = int((both["verdict"] == "REGRESSION").sum())
     print(f"{regressions} regression(s) of {len(both)} common measurement(s)")
-    return 1 if regressions else 0
+    return REGRESSION_EXIT if regressions else 0
 
 
 def _verdict(a: float, b: float, tolerance: float) -> str:
@@ -141,7 +146,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _cmd_run(argv[1:])
     args = build_parser().parse_args(argv)
     handlers = {"list": _cmd_list, "publish": _cmd_publish, "compare": _cmd_compare}
-    return handlers[args.command](args)
+    try:
+        return handlers[args.command](args)
+    except (ValueError, OSError) as error:  # damaged or unreadable inputs: an error, never "regression found"
+        print(f"error: {error}", file=sys.stderr)
+        return ERROR_EXIT
 
 
 if __name__ == "__main__":

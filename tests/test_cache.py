@@ -13,11 +13,15 @@ from torch import nn
 
 from robustbench_norm.training import cache as cache_module
 from robustbench_norm.training.cache import (
+    CHECKPOINT_FORMAT,
     RECIPE_VERSION,
     CheckpointCache,
+    CheckpointNotSavedWarning,
     CorruptCheckpointWarning,
     MismatchedCheckpointWarning,
+    content_checksum,
 )
+from robustbench_norm.training.trainer import TrainingDiverged
 
 SPEC = {"arch": "linear", "norm": "batchnorm", "norm_kwargs": {}, "data": "toy", "lr": 0.1, "seed": 0,
         "device": "cpu"}
@@ -198,8 +202,9 @@ def test_concurrent_writers_leave_one_valid_file(tmp_path):
 def _payload(cache: CheckpointCache, value: float) -> dict:
     model = nn.Linear(4, 3)
     Trainer(value)(model)
-    return {"format": 1, "key": cache.key(SPEC), "spec_json": cache_module.canonical_json(SPEC),
-            "state_dict": model.state_dict(), "history_json": "[]"}
+    payload = {"format": CHECKPOINT_FORMAT, "key": cache.key(SPEC), "spec_json": cache_module.canonical_json(SPEC),
+               "state_dict": model.state_dict(), "history_json": "[]"}
+    return {**payload, "checksum": content_checksum(payload)}
 
 
 def test_history_must_be_json_able(tmp_path):
@@ -217,3 +222,52 @@ def test_default_root(monkeypatch, tmp_path):
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     assert CheckpointCache().root == tmp_path / "home" / ".cache" / "robustbench-norm" / "checkpoints"
     assert not (tmp_path / "home").exists()  # nothing is created until a checkpoint is written
+
+
+def test_checksum_depends_on_values_not_on_the_file_layout(tmp_path):
+    cache = CheckpointCache(tmp_path)
+    payload = _payload(cache, 0.25)
+    assert payload["checksum"] == content_checksum({**payload, "state_dict": {
+        name: tensor.clone() for name, tensor in reversed(list(payload["state_dict"].items()))}})
+    for changed in ({"history_json": "[1]"}, {"spec_json": "{}"},
+                    {"state_dict": {**payload["state_dict"], "bias": torch.full((3,), 0.5)}},
+                    {"state_dict": {**payload["state_dict"], "bias": torch.full((3,), 0.25, dtype=torch.float64)}}):
+        assert content_checksum({**payload, **changed}) != payload["checksum"]
+
+
+def test_old_format_is_a_mismatch_and_retrained(tmp_path):
+    cache = CheckpointCache(tmp_path)
+    path = cache.train_or_load(SPEC, nn.Linear(4, 3), Trainer()).path
+    payload = torch.load(path, weights_only=True)
+    del payload["checksum"]
+    torch.save({**payload, "format": 1}, path)
+    train = Trainer()
+    with pytest.warns(MismatchedCheckpointWarning, match="format 1, expected 2"):
+        cache.train_or_load(SPEC, nn.Linear(4, 3), train)
+    assert train.calls == 1
+
+
+def test_non_finite_training_output_is_not_cached(tmp_path):
+    def diverge(model: nn.Module) -> list:
+        with torch.no_grad():
+            model.bias[1] = float("inf")
+        return []
+
+    cache = CheckpointCache(tmp_path)
+    with pytest.raises(TrainingDiverged, match="non-finite.*'bias'"):
+        cache.train_or_load(SPEC, nn.Linear(4, 3), diverge)
+    assert files(tmp_path) == []
+
+
+def test_failed_write_after_training_keeps_the_trained_model(tmp_path, monkeypatch):
+    cache = CheckpointCache(tmp_path)
+
+    def disk_full(path, payload):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(cache, "_write", disk_full)
+    train = Trainer(value=0.75)
+    with pytest.warns(CheckpointNotSavedWarning, match=r"\.pt not saved.*No space left.*retrained next time"):
+        result = cache.train_or_load(SPEC, nn.Linear(4, 3), train)
+    assert not result.loaded and train.calls == 1
+    assert torch.equal(result.model.weight, torch.full((3, 4), 0.75))

@@ -32,7 +32,7 @@ from torch import nn
 
 
 class MyNorm(nn.Module):
-    NORM_SPEC = {"batch_independent": True, "eval_modes": ["standard", "fancy"], "paper": "Me, 2030"}
+    NORM_SPEC = {"batch_independent": True, "eval_modes": ["standard", "running_stats"], "paper": "Me, 2030"}
 
     def __init__(self, num_features, *, scale=2.0):
         super().__init__()
@@ -93,7 +93,7 @@ def test_plugin_spec_comes_from_norm_spec(installed_plugin: None) -> None:
     assert spec.source.startswith("plugin")
     assert spec.source == "plugin:mynormpkg"
     assert spec.batch_independent is True
-    assert spec.eval_modes == ("standard", "fancy")
+    assert spec.eval_modes == ("standard", "running_stats")
     assert spec.paper == "Me, 2030"
     assert (spec.needs_context, spec.batch_stats_at_test, spec.placement) == (False, False, "all")
 

@@ -190,7 +190,7 @@ def test_failed_write_leaves_old_file_and_no_temp_files(tmp_path, monkeypatch):
     path = store.path("quick", "noise")
     before = path.read_bytes()
 
-    def half_then_fail(frame, handle):
+    def half_then_fail(frame, handle, **kwargs):
         handle.write("scenario,profile,dat")
         raise RuntimeError("disk full")
 

@@ -2,7 +2,8 @@
 
 File: ``<results_dir>/<profile>/baselines/<scenario>.csv``, one line per measurement key without its seed
 (:data:`KEY_WITHOUT_SEED`) plus ``expected`` (mean over the seeds of the run that set it), ``tolerance``
-and ``n_seeds``.
+and ``n_seeds``. A damaged file is a ``ValueError`` naming it, the line and the problem
+(:func:`read_baselines`); columns a user added are kept when :func:`update_baselines` rewrites it.
 
 Gate. Only metrics where higher is better are gated: :func:`is_gated` (metric names ending in
 ``"accuracy"``). A run's key fails when the mean over its ``ok`` seeds is below ``expected - tolerance``,
@@ -31,7 +32,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from robustbench_norm.results.rows import KEY_WITHOUT_SEED, OK
+from robustbench_norm.atomic import remove_temp_files
+from robustbench_norm.results.rows import KEY_WITHOUT_SEED, OK, read_typed_csv
 from robustbench_norm.results.store import (
     atomic_write,
     check_name,
@@ -45,8 +47,10 @@ TOL_FLOOR = 0.02
 GATED_SUFFIX = "accuracy"
 MAX_LISTED = 5  # keys named in one NoBaselineWarning
 BASELINE_COLUMNS: tuple[str, ...] = (*KEY_WITHOUT_SEED, "expected", "tolerance", "n_seeds")
-_DTYPES = {**{name: str for name in KEY_WITHOUT_SEED}, "severity": "float64", "train_batch_size": "int64",
-           "expected": "float64", "tolerance": "float64", "n_seeds": "int64"}
+_FLOATS: tuple[str, ...] = ("severity", "expected", "tolerance")
+_INTS: tuple[str, ...] = ("train_batch_size", "n_seeds")
+_DTYPES = {**{name: str for name in KEY_WITHOUT_SEED}, **{name: "float64" for name in _FLOATS},
+           **{name: "int64" for name in _INTS}}
 
 
 class NoBaselineWarning(UserWarning):
@@ -81,20 +85,45 @@ def derive_baselines(df_rows: pd.DataFrame) -> pd.DataFrame:
     return _coerce(pd.DataFrame(records, columns=list(BASELINE_COLUMNS)))
 
 
-def read_baselines(path: Path | str) -> pd.DataFrame:
-    """The baselines in ``path``; an empty table with :data:`BASELINE_COLUMNS` if the file does not exist."""
+def _check_line(record: dict) -> None:
+    if not (math.isfinite(record["tolerance"]) and record["tolerance"] >= 0):
+        raise ValueError(f"tolerance must be a finite number >= 0, got {record['tolerance']}")
+    if record["n_seeds"] < 1:
+        raise ValueError(f"n_seeds must be >= 1, got {record['n_seeds']}")
+
+
+def read_baselines(path: Path | str, *, keep_extra_columns: bool = False) -> pd.DataFrame:
+    """The baselines in ``path``; an empty table with :data:`BASELINE_COLUMNS` if the file does not exist.
+
+    A damaged file raises ``ValueError`` naming it, the line and the problem (see
+    :func:`~robustbench_norm.results.rows.read_typed_csv`; also a negative or non-finite tolerance, or
+    ``n_seeds`` < 1). Columns outside :data:`BASELINE_COLUMNS` are dropped, or kept (as strings, after the
+    others) with ``keep_extra_columns``.
+    """
     path = Path(path)
     if not path.is_file():
         return _coerce(pd.DataFrame(columns=list(BASELINE_COLUMNS)))
-    return _coerce(pd.read_csv(path, dtype=_DTYPES, keep_default_na=False,
-                               na_values={"expected": ["nan"], "tolerance": ["nan"]}))
+    frame = read_typed_csv(path, what="baseline table", columns=BASELINE_COLUMNS, floats=_FLOATS, ints=_INTS,
+                           key=KEY_WITHOUT_SEED, check_row=_check_line)
+    table = _coerce(frame)
+    for name in (c for c in frame.columns if c not in BASELINE_COLUMNS) if keep_extra_columns else ():
+        table[name] = frame[name]
+    return table
 
 
 def update_baselines(df_rows: pd.DataFrame, path: Path | str) -> pd.DataFrame:
-    """Merge this run's baselines into ``path`` by key (other keys are kept), atomically; the new table."""
+    """Merge this run's baselines into ``path`` by key (other keys are kept), atomically; the new table.
+
+    Columns a user added to the file are kept (new and replaced lines get an empty field); temporary files
+    a killed writer left for ``path`` are removed (every writer holds the lock).
+    """
     path = Path(path)
     with locked(path):
-        merged = merge_by_key(read_baselines(path), derive_baselines(df_rows), KEY_WITHOUT_SEED)
+        remove_temp_files(path.parent, target=path.name, older_than=0)
+        existing = read_baselines(path, keep_extra_columns=True)
+        merged = merge_by_key(existing, derive_baselines(df_rows), KEY_WITHOUT_SEED)
+        for name in [c for c in existing.columns if c not in BASELINE_COLUMNS]:
+            merged[name] = merged[name].fillna("")
         atomic_write(path, lambda handle: merged.to_csv(handle, index=False, na_rep="nan", lineterminator="\n"))
     return merged
 

@@ -31,11 +31,12 @@ CSV conventions (one header line = the field order of :class:`ResultRow`):
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 from dataclasses import astuple, dataclass, fields
 from pathlib import Path
-from typing import Any, Iterable, Mapping, TextIO
+from typing import Any, Callable, Iterable, Mapping, Sequence, TextIO
 
 import pandas as pd
 
@@ -156,18 +157,86 @@ def frame_to_rows(frame: pd.DataFrame) -> list[ResultRow]:
     return [ResultRow(**record) for record in frame.to_dict(orient="records")]
 
 
-def write_frame_csv(frame: pd.DataFrame, handle: TextIO) -> None:
-    """Write a result table as CSV (header = :data:`COLUMNS`, NaN as ``nan``, floats round-trip exact)."""
-    coerce_frame(frame).to_csv(handle, index=False, na_rep="nan", lineterminator="\n")
+def write_frame_csv(frame: pd.DataFrame, handle: TextIO, *, extra_columns: Sequence[str] = ()) -> None:
+    """Write a result table as CSV (header = :data:`COLUMNS`, NaN as ``nan``, floats round-trip exact).
+
+    ``extra_columns`` (columns of ``frame`` outside the schema, e.g. a user's notes) follow the schema's,
+    as strings; a missing value is written as an empty field.
+    """
+    table = coerce_frame(frame)
+    for name in extra_columns:
+        table[name] = frame[name].fillna("").astype(str).to_numpy()
+    table.to_csv(handle, index=False, na_rep="nan", lineterminator="\n")
 
 
-def read_frame_csv(path: Path | str) -> pd.DataFrame:
-    """Read a CSV written by :func:`write_frame_csv`; no string is read as missing, only ``nan`` floats."""
-    frame = pd.read_csv(
-        path,
-        dtype={**{n: str for n in STRING_FIELDS}, **{n: "float64" for n in FLOAT_FIELDS},
-               **{n: "int64" for n in INT_FIELDS}},
-        keep_default_na=False,
-        na_values={name: ["nan", "NaN"] for name in FLOAT_FIELDS},
-    )
-    return coerce_frame(frame)
+def read_frame_csv(path: Path | str, *, keep_extra_columns: bool = False) -> pd.DataFrame:
+    """Read a CSV written by :func:`write_frame_csv` (:func:`read_typed_csv`; every row must be a valid
+    :class:`ResultRow`, each key once). Columns outside the schema are dropped, or kept as strings after the
+    schema's with ``keep_extra_columns``. A damaged file raises ``ValueError`` naming it, the line and the problem.
+    """
+    frame = read_typed_csv(path, what="result table", columns=COLUMNS, floats=FLOAT_FIELDS, ints=INT_FIELDS,
+                           key=KEY_FIELDS, check_row=lambda record: ResultRow(**{n: record[n] for n in COLUMNS}))
+    table = coerce_frame(frame)
+    if keep_extra_columns:
+        for name in (c for c in frame.columns if c not in COLUMNS):
+            table[name] = frame[name]
+    return table
+
+
+def read_typed_csv(path: Path | str, *, what: str, columns: Sequence[str], floats: Sequence[str],
+                   ints: Sequence[str], key: Sequence[str],
+                   check_row: Callable[[dict[str, Any]], Any] | None = None) -> pd.DataFrame:
+    """A CSV whose header holds ``columns`` (any order, more allowed), typed, or ``ValueError`` saying what is wrong.
+
+    Fields are read with the ``csv`` module: every line must have as many fields as the header (blank lines
+    are skipped); ``floats`` are parsed by Python's ``float`` (exact round trip of the shortest repr, ``nan``),
+    ``ints`` by ``int``; every other column stays a string (none is read as missing). No two lines may share
+    the values of ``key``; ``check_row(record)`` may raise ``ValueError`` for a line's typed values. The frame
+    has ``columns`` first, then any other columns of the file. Error messages start with ``"<what> <path>: "``
+    and give the line number.
+    """
+    prefix = f"{what} {path}: "
+    try:
+        with open(path, encoding="utf-8", newline="") as handle:
+            reader = csv.reader(handle)
+            lines = [(reader.line_num, record) for record in reader if record]
+    except (OSError, UnicodeDecodeError, csv.Error) as error:
+        raise ValueError(f"{prefix}unreadable as CSV text ({type(error).__name__}: {error})") from error
+    if not lines:
+        raise ValueError(f"{prefix}empty file (no header line); expected columns: {list(columns)}")
+    (_, header), body = lines[0], lines[1:]
+    repeated = sorted({name for name in header if header.count(name) > 1})
+    missing = [name for name in columns if name not in header]
+    if repeated or missing:
+        raise ValueError(f"{prefix}header repeats column(s) {repeated} / lacks column(s) {missing}; "
+                         f"expected columns: {list(columns)}")
+    for number, record in body:
+        if len(record) != len(header):
+            raise ValueError(f"{prefix}line {number} has {len(record)} fields, the header has {len(header)} "
+                             "(truncated or hand-edited line?)")
+    values = {name: [record[i] for _, record in body] for i, name in enumerate(header)}
+    for names, parse, kind in ((floats, float, "a number"), (ints, int, "an integer")):
+        for name in names:
+            values[name] = [_parsed(prefix, number, name, text, parse, kind)
+                            for (number, _), text in zip(body, values[name])]
+    order = [*columns, *(name for name in header if name not in columns)]
+    frame = pd.DataFrame({name: values[name] for name in order}, columns=order)
+    frame = frame.astype({**{n: "float64" for n in floats}, **{n: "int64" for n in ints}})
+    for (number, _), record in zip(body, frame.to_dict(orient="records") if check_row else ()):
+        try:
+            check_row(record)
+        except ValueError as error:
+            raise ValueError(f"{prefix}line {number}: {error}") from error
+    repeated_keys = frame.duplicated(subset=list(key), keep="first")
+    if repeated_keys.any():
+        first = int(repeated_keys.to_numpy().argmax())
+        raise ValueError(f"{prefix}line {body[first][0]} repeats the key {frame.loc[first, list(key)].to_dict()} "
+                         "of an earlier line (merge-conflict leftover?); each key may occur once")
+    return frame
+
+
+def _parsed(prefix: str, line: int, column: str, text: str, parse: Callable[[str], Any], kind: str) -> Any:
+    try:
+        return parse(text)
+    except ValueError:
+        raise ValueError(f"{prefix}line {line}, column {column!r}: {text!r} is not {kind}") from None

@@ -12,7 +12,15 @@ instead of losing each other's rows. The new table is written to a temporary fil
 moved over the old one with ``os.replace``: a reader sees either the old or the new table, and a failure
 mid-write leaves the old file untouched and no temporary file behind. The lock file is removed on release;
 a process that waited on a removed lock file notices (inode check) and locks the new one, so removal is
-safe. POSIX only (``fcntl``).
+safe. POSIX only (``fcntl``). Every writer of a table holds its lock, so a temporary file of the table
+found while holding it was left by a killed writer: it is removed before the write.
+
+Damage and extra columns. Reading a table that is not a valid result CSV (unparsable line, missing
+column, a value of the wrong type, an invalid row, a repeated key) raises ``ValueError`` naming the file,
+the line and the problem (:func:`~robustbench_norm.results.rows.read_frame_csv`); nothing is written over
+it. Columns a user added that are not in the schema (notes, annotations) are preserved by
+:meth:`ResultStore.write`: kept rows keep their values, new and replaced rows get an empty field. A file
+whose header starts with the schema's columns is a result CSV, whatever follows.
 """
 
 from __future__ import annotations
@@ -27,7 +35,7 @@ from typing import Iterable, Iterator, Sequence
 import pandas as pd
 
 import robustbench_norm
-from robustbench_norm.atomic import atomic_write
+from robustbench_norm.atomic import atomic_write, remove_temp_files
 from robustbench_norm.results.rows import (
     COLUMNS,
     KEY_FIELDS,
@@ -98,9 +106,11 @@ def merge_by_key(existing: pd.DataFrame, new: pd.DataFrame, key: Sequence[str]) 
 
 
 def is_result_csv(path: Path) -> bool:
-    """Whether ``path`` is a CSV of result rows (its header is exactly the schema's columns)."""
-    with open(path, encoding="utf-8") as handle:
-        return handle.readline().rstrip("\r\n") == ",".join(COLUMNS)
+    """Whether ``path`` is a CSV of result rows: its header starts with the schema's columns (more may follow)."""
+    with open(path, encoding="utf-8", errors="replace") as handle:
+        header = handle.readline().rstrip("\r\n")
+    schema = ",".join(COLUMNS)
+    return header == schema or header.startswith(schema + ",")
 
 
 class ResultStore:
@@ -128,13 +138,19 @@ class ResultStore:
         for (profile, scenario), group in frame.groupby(["profile", "scenario"], sort=False):
             path = self.path(profile, scenario)
             with locked(path):
-                merged = merge_by_key(self._read_path(path), group, KEY_FIELDS)
-                atomic_write(path, lambda handle: write_frame_csv(merged, handle))
+                remove_temp_files(path.parent, target=path.name, older_than=0)
+                existing = self._read_path(path, keep_extra_columns=True)
+                extra = [name for name in existing.columns if name not in COLUMNS]
+                merged = merge_by_key(existing, group, KEY_FIELDS)
+                atomic_write(path, lambda handle: write_frame_csv(merged, handle, extra_columns=extra))
             written.append(path)
         return written
 
     def read(self, profile: str, scenario: str) -> pd.DataFrame:
-        """The table of ``(profile, scenario)``; an empty table with the schema's columns if there is none."""
+        """The table of ``(profile, scenario)`` (schema columns); an empty table if there is none.
+
+        A damaged file raises ``ValueError`` naming it and the problem.
+        """
         return self._read_path(self.path(profile, scenario))
 
     def tables(self) -> list[tuple[str, str]]:
@@ -143,7 +159,7 @@ class ResultStore:
                       if _NAME.match(p.parent.name) and _NAME.match(p.stem) and is_result_csv(p))
 
     @staticmethod
-    def _read_path(path: Path) -> pd.DataFrame:
+    def _read_path(path: Path, *, keep_extra_columns: bool = False) -> pd.DataFrame:
         if not path.is_file():
             return coerce_frame(pd.DataFrame(columns=list(COLUMNS)))
-        return read_frame_csv(path)
+        return read_frame_csv(path, keep_extra_columns=keep_extra_columns)

@@ -12,12 +12,24 @@ trainer, AdaMatch, the models or the norm layers alters the weights a spec produ
 checkpoint is retrained on next use.
 
 A checkpoint ``<root>/<key>.pt`` holds plain data only (loaded with ``torch.load(weights_only=True)``):
-``{"format": 1, "key", "spec_json", "state_dict", "history_json"}``. A file that does not load, lacks a field,
-was written for another spec, or whose tensors do not fit the model is never trusted: a
+``{"format": 2, "key", "spec_json", "state_dict", "history_json", "checksum"}``. ``checksum`` is the
+SHA-256 of everything else (:func:`content_checksum`: key, spec, history, and every tensor's name, dtype,
+shape and bytes); ``torch.load`` itself checks none of it (one flipped byte inside a tensor loads as a
+different weight). A file is never trusted when it does not load, lacks a field, was written for another
+spec, fails its checksum, does not fit the model, or holds a non-finite weight or buffer (what a damaged
+file or a diverged training leaves; the predictions of such a model collapse): a
 :class:`CorruptCheckpointWarning` or :class:`MismatchedCheckpointWarning` names the file and the reason,
-and the model is retrained and the file overwritten. Writes go to a temporary file in the same directory,
-then ``os.replace``: a reader sees the old file or the new one, never half of one, and two processes that
-train the same key at once both leave a valid file (the last replace wins).
+and the model is retrained and the file overwritten.
+
+Training output is never cached unless finite: weights or buffers with NaN/inf after ``train_fn`` raise
+:class:`~robustbench_norm.training.trainer.TrainingDiverged` naming the tensor. Training is never lost to
+the cache either: the root must be writable *before* training starts (:meth:`CheckpointCache.check_writable`
+creates it and writes a probe file, else :class:`CacheNotWritableError` names the folder and how to choose
+another), and a write that still fails afterwards (disk full) is a :class:`CheckpointNotSavedWarning`, the
+trained model being returned all the same. Writes go to a temporary file in the same directory, then
+``os.replace``: a reader sees the old file or the new one, never half of one, and two processes that train
+the same key at once both leave a valid file (the last replace wins); temporary files of killed writers
+are swept by later writes (:mod:`robustbench_norm.atomic`).
 """
 
 from __future__ import annotations
@@ -25,6 +37,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,10 +46,12 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from robustbench_norm.atomic import atomic_write
+from robustbench_norm.atomic import TEMP_SUFFIX, atomic_write
+from robustbench_norm.training.trainer import TrainingDiverged
 
 RECIPE_VERSION = "2"  # 2: suite models are built right after seeding (init independent of test order)
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2  # 2: content checksum
+CHECKPOINT_FIELDS: tuple[str, ...] = ("format", "key", "spec_json", "state_dict", "history_json", "checksum")
 DEVICE_TYPES: tuple[str, ...] = ("cpu", "cuda")
 
 TrainFn = Callable[[nn.Module], "list[dict[str, Any]] | dict[str, Any] | None"]
@@ -47,11 +62,19 @@ class RejectedCheckpointWarning(UserWarning):
 
 
 class CorruptCheckpointWarning(RejectedCheckpointWarning):
-    """The checkpoint file cannot be read or lacks a field (truncated, damaged, not ours)."""
+    """The checkpoint cannot be trusted: unreadable, a field missing, checksum mismatch, non-finite tensors."""
 
 
 class MismatchedCheckpointWarning(RejectedCheckpointWarning):
     """The checkpoint is readable but belongs to another spec or does not fit the model."""
+
+
+class CheckpointNotSavedWarning(UserWarning):
+    """Training finished but its checkpoint could not be written (the trained model is still returned)."""
+
+
+class CacheNotWritableError(OSError):
+    """The cache folder cannot be created or written (raised before any training)."""
 
 
 @dataclass
@@ -107,11 +130,25 @@ class CheckpointCache:
         """Where the checkpoint of ``key`` lives."""
         return self.root / f"{key}.pt"
 
+    def check_writable(self) -> None:
+        """Create ``root`` and write (then delete) a probe file in it; :class:`CacheNotWritableError` if that fails."""
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=self.root, prefix=".write-probe.", suffix=TEMP_SUFFIX):
+                pass
+        except OSError as error:
+            raise CacheNotWritableError(
+                f"checkpoint cache folder {self.root} is not writable ({type(error).__name__}: {error}); "
+                "choose another with --cache-dir DIR (pytest suites) or the ROBUSTBENCH_NORM_CACHE "
+                "environment variable"
+            ) from error
+
     def train_or_load(self, spec: dict[str, Any], model: nn.Module, train_fn: TrainFn) -> CacheResult:
         """Load the weights for ``spec`` into ``model`` if a valid checkpoint exists, else ``train_fn(model)``.
 
-        After training, the weights (moved to the CPU) and the JSON-able history ``train_fn`` returned are
-        written atomically. ``model`` must have the architecture ``spec`` describes.
+        Before training, the root must be writable (:meth:`check_writable`). After training, the weights
+        (moved to the CPU; all finite, else :class:`TrainingDiverged`) and the JSON-able history
+        ``train_fn`` returned are written atomically. ``model`` must have the architecture ``spec`` describes.
         """
         key = self.key(spec)
         spec_json = canonical_json(spec)
@@ -126,15 +163,25 @@ class CheckpointCache:
                     rejected.warning,
                     stacklevel=2,
                 )
+        self.check_writable()
         history = train_fn(model)
+        state_dict = {name: tensor.detach().cpu() for name, tensor in model.state_dict().items()}
+        bad = non_finite_tensor(state_dict)
+        if bad is not None:
+            raise TrainingDiverged(f"training left non-finite values (NaN or inf) in tensor {bad!r}; not cached")
         payload = {
             "format": CHECKPOINT_FORMAT,
             "key": key,
             "spec_json": spec_json,
-            "state_dict": {name: tensor.detach().cpu() for name, tensor in model.state_dict().items()},
+            "state_dict": state_dict,
             "history_json": canonical_json(history),
         }
-        self._write(path, payload)
+        payload["checksum"] = content_checksum(payload)
+        try:
+            self._write(path, payload)
+        except OSError as error:
+            warnings.warn(f"checkpoint {path} not saved ({type(error).__name__}: {error}); the trained model "
+                          "is used but will be retrained next time", CheckpointNotSavedWarning, stacklevel=2)
         return CacheResult(model, key, loaded=False, history=history, path=path)
 
     @staticmethod
@@ -147,19 +194,50 @@ class CheckpointCache:
                 CorruptCheckpointWarning,
                 f"unreadable by torch.load(weights_only=True): {type(error).__name__}: {first_line}",
             ) from error
-        fields = ("format", "key", "spec_json", "state_dict", "history_json")
-        if not isinstance(payload, dict) or any(name not in payload for name in fields):
-            raise _Rejected(CorruptCheckpointWarning, f"not a checkpoint dict with fields {fields}")
+        if not isinstance(payload, dict) or "format" not in payload:
+            raise _Rejected(CorruptCheckpointWarning, f"not a checkpoint dict with fields {CHECKPOINT_FIELDS}")
         if payload["format"] != CHECKPOINT_FORMAT:
             raise _Rejected(MismatchedCheckpointWarning, f"format {payload['format']!r}, expected {CHECKPOINT_FORMAT}")
+        if any(name not in payload for name in CHECKPOINT_FIELDS):
+            raise _Rejected(CorruptCheckpointWarning, f"not a checkpoint dict with fields {CHECKPOINT_FIELDS}")
         if payload["key"] != key or payload["spec_json"] != spec_json:
             raise _Rejected(MismatchedCheckpointWarning, "it was written for a different spec")
         _check_state_dict(payload["state_dict"], model)
+        if payload["checksum"] != content_checksum(payload):
+            raise _Rejected(CorruptCheckpointWarning, "content checksum mismatch: the file changed after writing")
+        bad = non_finite_tensor(payload["state_dict"])
+        if bad is not None:
+            raise _Rejected(CorruptCheckpointWarning, f"tensor {bad!r} holds non-finite values (NaN or inf)")
         model.load_state_dict(payload["state_dict"])
         return json.loads(payload["history_json"])
 
     def _write(self, path: Path, payload: dict[str, Any]) -> None:
         atomic_write(path, lambda handle: torch.save(payload, handle), binary=True)
+
+
+def content_checksum(payload: dict[str, Any]) -> str:
+    """SHA-256 hex digest of a checkpoint's key, spec, history and tensors (name, dtype, shape, raw bytes).
+
+    Tensors are hashed in sorted name order as contiguous CPU bytes, so the digest depends on the values
+    alone, not on how ``torch.save`` laid them out in the file.
+    """
+    digest = hashlib.sha256()
+    for name in ("key", "spec_json", "history_json"):
+        digest.update(f"{name}={payload[name]}\n".encode())
+    for name in sorted(payload["state_dict"]):
+        tensor = payload["state_dict"][name].detach().cpu().contiguous()
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}\n".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def non_finite_tensor(state_dict: dict[str, torch.Tensor]) -> str | None:
+    """The first name (sorted) of a floating-point or complex tensor with a NaN or inf value, else None."""
+    for name in sorted(state_dict):
+        tensor = state_dict[name]
+        if (tensor.is_floating_point() or tensor.is_complex()) and not bool(torch.isfinite(tensor).all()):
+            return name
+    return None
 
 
 def _check_state_dict(state_dict: Any, model: nn.Module) -> None:
