@@ -19,8 +19,14 @@ A norm's :class:`~robustbench_norm.norms.NormSpec` lists the modes that apply to
     * ``single_voting``: as ``single`` once per group k = 0..K-1, majority vote over the K predictions;
     * ``voting``: statistics over sets of ``group size`` consecutive test images, once per group's
       affine, majority vote over the K predictions.
+``bn_adapt``, ``tent``
+    test-time adaptation of the norm layers (:mod:`robustbench_norm.evaluation.tta`): BatchNorm with a
+    prior-weighted mix of running and test-batch statistics (Schneider et al. 2020), and Tent's entropy
+    minimisation on the norm's affine parameters (Wang et al. 2021). They need the norm's name (``norm=``)
+    and take their hyper-parameters from a :class:`~robustbench_norm.training.hparams.TTAConfig` (``tta=``).
 
 Votes break ties towards the lowest class index, as ``argmax`` over a vote histogram does.
+:func:`mode_logits` gives the logits behind the predictions of every mode except the two voting ones.
 """
 
 from __future__ import annotations
@@ -31,13 +37,16 @@ from typing import Iterator
 import torch
 from torch import nn
 
+from robustbench_norm.evaluation.tta import TTA_MODES, adapt_tent, use_bn_adapt
 from robustbench_norm.norms.localnorm import LocalNorm, localnorm_evaluation
 from robustbench_norm.norms.routing import set_context_inference, use_context
 from robustbench_norm.norms.standard import use_test_batch_stats
+from robustbench_norm.training.hparams import TTAConfig
 
 LOCALNORM_MODES = ("batch", "single", "single_voting", "voting")
+VOTING_MODES = ("single_voting", "voting")
 PLAIN_MODES = ("standard", "running_stats", "cn")
-EVAL_MODES = (*PLAIN_MODES, "test_batch_stats", "cn+", *LOCALNORM_MODES)
+EVAL_MODES = (*PLAIN_MODES, "test_batch_stats", "cn+", *LOCALNORM_MODES, *TTA_MODES)
 
 
 @torch.inference_mode()
@@ -55,16 +64,58 @@ def logits_in_batches(model: nn.Module, images: torch.Tensor, *, batch_size: int
 
 
 def predict(model: nn.Module, images: torch.Tensor, *, mode: str, batch_size: int, device: torch.device,
-            contexts: torch.Tensor | None = None) -> torch.Tensor:
-    """Predicted classes (int64, (N,)) of ``images`` under the test-time ``mode``."""
+            contexts: torch.Tensor | None = None, norm: str | None = None,
+            tta: TTAConfig | None = None) -> torch.Tensor:
+    """Predicted classes (int64, (N,)) of ``images`` under the test-time ``mode``.
+
+    ``norm`` (the model's norm name) is required by the TTA modes, ``tta`` configures them (default
+    ``TTAConfig()``); both are ignored by the other modes.
+    """
+    _check_mode(mode)
+    if mode in VOTING_MODES:
+        return _localnorm_vote(model, images, mode=mode, batch_size=batch_size, device=device)
+    return mode_logits(model, images, mode=mode, batch_size=batch_size, device=device, contexts=contexts,
+                       norm=norm, tta=tta).argmax(dim=1)
+
+
+def mode_logits(model: nn.Module, images: torch.Tensor, *, mode: str, batch_size: int, device: torch.device,
+                contexts: torch.Tensor | None = None, norm: str | None = None,
+                tta: TTAConfig | None = None) -> torch.Tensor:
+    """Logits (float32, (N, K), CPU) of ``images`` under ``mode``, whose argmax :func:`predict` returns.
+
+    Every mode but the voting ones (``single_voting``, ``voting``: a majority of K predictions, no logits).
+    TTA modes need ``norm`` and raise :class:`~robustbench_norm.evaluation.tta.TTANotApplicable` when they do
+    not apply, ``tent`` :class:`~robustbench_norm.evaluation.tta.TentDiverged` on non-finite logits.
+    """
+    _check_mode(mode)
+    if mode in VOTING_MODES:
+        with_logits = [m for m in EVAL_MODES if m not in VOTING_MODES]
+        raise ValueError(f"mode {mode!r} predicts by majority vote and has no logits; modes with logits: "
+                         f"{with_logits}")
+    if mode in TTA_MODES:
+        return _tta_logits(model, images, mode=mode, batch_size=batch_size, device=device, contexts=contexts,
+                           norm=norm, tta=TTAConfig() if tta is None else tta)
+    if mode in LOCALNORM_MODES:
+        _localnorm_layers(model)
+    with _mode_switches(model, mode):
+        return logits_in_batches(model, images, batch_size=batch_size, device=device,
+                                 contexts=None if mode == "cn+" else contexts)
+
+
+def _check_mode(mode: str) -> None:
     if mode not in EVAL_MODES:
         raise ValueError(f"unknown evaluation mode {mode!r}; valid modes: {EVAL_MODES}")
-    if mode in LOCALNORM_MODES:
-        return _localnorm_predict(model, images, mode=mode, batch_size=batch_size, device=device)
-    with _mode_switches(model, mode):
-        logits = logits_in_batches(model, images, batch_size=batch_size, device=device,
-                                   contexts=None if mode == "cn+" else contexts)
-    return logits.argmax(dim=1)
+
+
+def _tta_logits(model: nn.Module, images: torch.Tensor, *, mode: str, batch_size: int, device: torch.device,
+                contexts: torch.Tensor | None, norm: str | None, tta: TTAConfig) -> torch.Tensor:
+    if norm is None:
+        raise ValueError(f"mode {mode!r} adapts the layers of the model's norm: pass norm=<its registered name>")
+    if mode == "tent":
+        return adapt_tent(model, images, norm=norm, config=tta, batch_size=batch_size, device=device,
+                          contexts=contexts).logits
+    with use_bn_adapt(model, norm, tta.bn_adapt_prior):
+        return logits_in_batches(model, images, batch_size=batch_size, device=device, contexts=contexts)
 
 
 @contextmanager
@@ -75,6 +126,8 @@ def _mode_switches(model: nn.Module, mode: str) -> Iterator[None]:
         if mode == "cn+":
             set_context_inference(model, "cn+")
             stack.callback(set_context_inference, model, "cn")
+        if mode == "single":
+            stack.enter_context(localnorm_evaluation(model, statistics_group_size=1, affine_group=0))
         yield
 
 
@@ -85,14 +138,9 @@ def _localnorm_layers(model: nn.Module) -> list[LocalNorm]:
     return layers
 
 
-def _localnorm_predict(model: nn.Module, images: torch.Tensor, *, mode: str, batch_size: int,
-                       device: torch.device) -> torch.Tensor:
+def _localnorm_vote(model: nn.Module, images: torch.Tensor, *, mode: str, batch_size: int,
+                    device: torch.device) -> torch.Tensor:
     num_groups = _localnorm_layers(model)[0].num_groups
-    if mode == "batch":
-        return logits_in_batches(model, images, batch_size=batch_size, device=device).argmax(dim=1)
-    if mode == "single":
-        with localnorm_evaluation(model, statistics_group_size=1, affine_group=0):
-            return logits_in_batches(model, images, batch_size=batch_size, device=device).argmax(dim=1)
     group_size = 1 if mode == "single_voting" else max(batch_size // num_groups, 1)
     chunk = group_size * max(batch_size // group_size, 1)
     votes = []
