@@ -148,7 +148,7 @@ def test_tent_takes_the_configured_optimizer_steps_per_batch(steps: int) -> None
 def test_tent_changes_only_the_affine_parameters_of_the_norm(norm: str) -> None:
     model = _model(norm)
     if "tent" not in applicable_tta_modes(model, norm):
-        assert "affine weight and bias" in tta_support(model, norm)["tent"]
+        assert tta_support(model, norm)["tent"]  # a reason, not a crash (contextnorm: no affine)
         return
     state = _state(model)
     result = adapt_tent(model, _images(10), norm=norm, config=CONFIG, batch_size=4, device=CPU)
