@@ -90,3 +90,18 @@ def test_unknown_command_is_a_usage_error(capsys):
         cli.main(["frobnicate"])
     assert error.value.code == 2
     assert "invalid choice" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("tolerance", ["-0.1", "nan", "inf"])
+def test_compare_rejects_bad_tolerance_with_exit_2(tmp_path, capsys, tolerance):
+    a = write_csv(tmp_path / "a.csv", [make_row()])
+    assert cli.main(["compare", a, a, "--tolerance", tolerance]) == 2
+    assert "--tolerance must be a finite number >= 0" in capsys.readouterr().err
+
+
+def test_compare_damaged_csv_is_an_error_not_a_regression(tmp_path, capsys):
+    a = write_csv(tmp_path / "a.csv", [make_row()])
+    b = tmp_path / "b.csv"
+    b.write_text((tmp_path / "a.csv").read_text().splitlines()[0] + "\nnot,a,row\n")
+    assert cli.main(["compare", a, str(b)]) == 2
+    assert f"error: result table {b}: line 2 has 3 fields" in capsys.readouterr().err

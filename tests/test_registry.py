@@ -13,6 +13,7 @@ from robustbench_norm.norms import (
     list_norms,
     register_norm,
 )
+from robustbench_norm.norms.registry import check_norm_name
 
 BUILTINS = [
     "batchnorm",
@@ -117,3 +118,21 @@ def test_register_rejects_taken_names_and_bad_placements() -> None:
     with pytest.raises(ValueError, match=r"'everywhere' is not one of \('all', 'input', 'tokens'\)"):
         register_norm("brand_new_norm", placement="everywhere")(nn.Identity)
     assert "brand_new_norm" not in list_norms()
+
+
+@pytest.mark.parametrize("name, canonical", [("Batch-Norm2", "batch_norm2"), (" gn ", "gn"), ("2d_norm", "2d_norm")])
+def test_check_norm_name_returns_the_canonical_name(name: str, canonical: str) -> None:
+    assert check_norm_name(name) == canonical
+
+
+@pytest.mark.parametrize("name", ["a.b", "a b", "<b>", "-x", "ü", "", None])
+def test_check_norm_name_rejects_anything_but_letters_digits_underscores(name) -> None:
+    with pytest.raises(ValueError, match=r"norm name .* is invalid"):
+        check_norm_name(name)
+
+
+def test_builtin_eval_modes_are_known_to_predict() -> None:
+    from robustbench_norm.evaluation.modes import EVAL_MODES
+
+    for name in BUILTINS:
+        assert set(get_norm(name).eval_modes) <= set(EVAL_MODES), name

@@ -20,6 +20,7 @@ from robustbench_norm.results.rows import (
     KEY_FIELDS,
     ResultRow,
     frame_to_rows,
+    read_frame_csv,
     rows_to_frame,
 )
 from robustbench_norm.results.store import ResultStore
@@ -236,3 +237,30 @@ def test_two_processes_writing_concurrently_lose_no_rows(tmp_path):
         assert sorted(accuracy["seed"]) == list(range(WRITES_PER_PROCESS))
         assert (accuracy["value"] == accuracy["seed"] / 100).all()
     assert sorted(p.name for p in (tmp_path / "quick").iterdir()) == ["noise.csv"]
+
+
+def test_reader_skips_blank_lines_and_keeps_extra_columns_on_request(tmp_path):
+    store = ResultStore(tmp_path)
+    store.write([make_row(seed=0), make_row(seed=1)])
+    path = store.path("quick", "noise")
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join([lines[0] + ",note", lines[1] + ",first", "", lines[2] + ",second"]) + "\n\n")
+    assert list(read_frame_csv(path).columns) == list(COLUMNS)
+    table = read_frame_csv(path, keep_extra_columns=True)
+    assert list(table.columns) == [*COLUMNS, "note"] and list(table["note"]) == ["first", "second"]
+    assert table["seed"].dtype == "int64" and table["value"].dtype == "float64"
+
+
+@pytest.mark.parametrize("edit, problem", [
+    (lambda text: text.replace("scenario,", "scenery,", 1), r"lacks column\(s\) \['scenario'\]"),
+    (lambda text: text.replace(",seed,", ",seed,seed,", 1), r"repeats column\(s\) \['seed'\]"),
+    (lambda text: text.replace(",64,0,", ",64,zero,", 1), r"line 2, column 'seed': 'zero' is not an integer"),
+    (lambda text: text.replace(",0.75,", ",nan,", 1), r"line 2: status 'ok' needs a finite value"),
+])
+def test_reader_names_file_line_and_problem(tmp_path, edit, problem):
+    store = ResultStore(tmp_path)
+    store.write([make_row()])
+    path = store.path("quick", "noise")
+    path.write_text(edit(path.read_text()))
+    with pytest.raises(ValueError, match=rf"result table {path}: .*{problem}"):
+        read_frame_csv(path)

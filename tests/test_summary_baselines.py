@@ -257,3 +257,18 @@ def test_update_baselines_merges_by_key_and_reads_back(tmp_path):
     assert sorted(p.name for p in path.parent.iterdir()) == ["noise.csv"]
     assert check_against_baselines(baseline_rows("localnorm", [0.69]), path) == []
     assert len(check_against_baselines(baseline_rows("localnorm", [0.3]), path)) == 1
+
+
+@pytest.mark.parametrize("edit, problem", [
+    (lambda text: text.replace(",tolerance,", ",tol,", 1), r"header lacks column\(s\) \['tolerance'\]"),
+    (lambda text: text.replace(",0.02,", ",-0.02,", 1), r"line 2: tolerance must be a finite number >= 0"),
+    (lambda text: text.replace(",0.02,", ",x,", 1), r"line 2, column 'tolerance': 'x' is not a number"),
+])
+def test_damaged_baselines_name_file_line_and_problem(tmp_path, edit, problem):
+    path = tmp_path / "noise.csv"
+    update_baselines(rows_to_frame([make_row(seed=s) for s in (0, 1)]), path)
+    path.write_text(edit(path.read_text()))
+    with pytest.raises(ValueError, match=rf"baseline table {path}: {problem}"):
+        read_baselines(path)
+    with pytest.raises(ValueError, match=rf"baseline table {path}"):
+        check_against_baselines(rows_to_frame([make_row()]), path)

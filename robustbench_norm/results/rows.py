@@ -208,8 +208,8 @@ def read_typed_csv(path: Path | str, *, what: str, columns: Sequence[str], float
     repeated = sorted({name for name in header if header.count(name) > 1})
     missing = [name for name in columns if name not in header]
     if repeated or missing:
-        raise ValueError(f"{prefix}header repeats column(s) {repeated} / lacks column(s) {missing}; "
-                         f"expected columns: {list(columns)}")
+        problems = [f"{verb} column(s) {names}" for verb, names in (("repeats", repeated), ("lacks", missing)) if names]
+        raise ValueError(f"{prefix}header {' and '.join(problems)}; expected columns: {list(columns)}")
     for number, record in body:
         if len(record) != len(header):
             raise ValueError(f"{prefix}line {number} has {len(record)} fields, the header has {len(header)} "
