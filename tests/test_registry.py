@@ -136,3 +136,15 @@ def test_builtin_eval_modes_are_known_to_predict() -> None:
 
     for name in BUILTINS:
         assert set(get_norm(name).eval_modes) <= set(EVAL_MODES), name
+
+
+def test_every_norm_with_unknown_eval_modes_is_named_and_unregistered() -> None:
+    register_norm("registry_bad_one", eval_modes=("nope",))(nn.Identity)
+    register_norm("registry_good", eval_modes=("standard",), source="test")(nn.Identity)
+    register_norm("registry_bad_two", aliases=("rbt",), eval_modes=("standard", "never"))(nn.Identity)
+    with pytest.raises(ValueError, match=r"'registry_bad_one' .*\['nope'\]; norm 'registry_bad_two' .*\['never'\]"):
+        list_norms()
+    names = list_norms()
+    assert "registry_good" in names and "registry_bad_one" not in names and "registry_bad_two" not in names
+    with pytest.raises(ValueError, match="unknown norm 'rbt'"):
+        get_norm("rbt")

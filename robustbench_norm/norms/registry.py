@@ -116,19 +116,22 @@ def _add(spec: NormSpec, aliases: tuple[str, ...] = ()) -> None:
 
 
 def _check_eval_modes() -> None:
-    """Check the eval_modes of the norms registered since the last check: a norm with a mode ``predict`` does
-    not know is unregistered and ``ValueError`` names it, the unknown modes and the valid ones."""
+    """Check the eval_modes of the norms registered since the last check: every norm with a mode ``predict``
+    does not know is unregistered, and one ``ValueError`` names them, their unknown modes and the valid ones."""
     if not _UNCHECKED_MODES:
         return
+    pending = list(_UNCHECKED_MODES)
+    _UNCHECKED_MODES.clear()  # before the import: a lookup while evaluation imports finds nothing to check
     from robustbench_norm.evaluation.modes import EVAL_MODES  # imports the norm modules: not at registration
 
-    while _UNCHECKED_MODES:
-        spec = _NORMS.get(_UNCHECKED_MODES.pop())
-        unknown = [] if spec is None else [mode for mode in spec.eval_modes if mode not in EVAL_MODES]
+    problems = []
+    for spec in [_NORMS[name] for name in pending if name in _NORMS]:
+        unknown = [mode for mode in spec.eval_modes if mode not in EVAL_MODES]
         if unknown:
             _remove(spec.name)
-            raise ValueError(f"norm '{spec.name}' ({spec.source}) declares unknown eval mode(s) {unknown}; "
-                             f"valid modes: {EVAL_MODES}")
+            problems.append(f"norm '{spec.name}' ({spec.source}) declares unknown eval mode(s) {unknown}")
+    if problems:
+        raise ValueError(f"{'; '.join(problems)}; valid modes: {EVAL_MODES}")
 
 
 def _remove(name: str) -> None:
