@@ -165,24 +165,23 @@ class CheckpointCache:
                 )
         self.check_writable()
         history = train_fn(model)
+        self._save(path, key, spec_json, model, history)
+        return CacheResult(model, key, loaded=False, history=history, path=path)
+
+    def _save(self, path: Path, key: str, spec_json: str, model: nn.Module, history: Any) -> None:
+        """Write the trained weights (finite, else :class:`TrainingDiverged`); a failed write only warns."""
         state_dict = {name: tensor.detach().cpu() for name, tensor in model.state_dict().items()}
         bad = non_finite_tensor(state_dict)
         if bad is not None:
             raise TrainingDiverged(f"training left non-finite values (NaN or inf) in tensor {bad!r}; not cached")
-        payload = {
-            "format": CHECKPOINT_FORMAT,
-            "key": key,
-            "spec_json": spec_json,
-            "state_dict": state_dict,
-            "history_json": canonical_json(history),
-        }
+        payload = {"format": CHECKPOINT_FORMAT, "key": key, "spec_json": spec_json, "state_dict": state_dict,
+                   "history_json": canonical_json(history)}
         payload["checksum"] = content_checksum(payload)
         try:
             self._write(path, payload)
         except OSError as error:
             warnings.warn(f"checkpoint {path} not saved ({type(error).__name__}: {error}); the trained model "
-                          "is used but will be retrained next time", CheckpointNotSavedWarning, stacklevel=2)
-        return CacheResult(model, key, loaded=False, history=history, path=path)
+                          "is used but will be retrained next time", CheckpointNotSavedWarning, stacklevel=3)
 
     @staticmethod
     def _load(path: Path, key: str, spec_json: str, model: nn.Module) -> Any:
