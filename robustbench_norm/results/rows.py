@@ -20,7 +20,8 @@ metrics without a chance level): summaries flag values within 5 points of it.
 
 CSV conventions (one header line = the field order of :class:`ResultRow`):
 
-* ``norm_kwargs`` is canonical JSON (``sort_keys``, ``", "``/``": "`` separators), so equal kwargs are
+* ``norm_kwargs`` and ``eval_kwargs`` (the test-time mode's hyper-parameters, e.g. ``bn_adapt``'s prior
+  strength or Tent's optimiser; ``{}`` for the plain modes) are canonical JSON (``sort_keys``, ``", "``/``": "`` separators), so equal kwargs are
   equal strings and can be part of the key;
 * ``corruption`` is ``"none"`` for clean data (severity 0);
 * ``value`` may be NaN (written ``nan``) for a row that could not be measured; ``status`` then says why
@@ -70,6 +71,7 @@ class ResultRow:
     norm_kwargs: str
     variant: str
     eval_mode: str
+    eval_kwargs: str = "{}"
     corruption: str
     severity: float
     train_batch_size: int
@@ -90,6 +92,7 @@ class ResultRow:
     def __post_init__(self) -> None:
         set_ = object.__setattr__
         set_(self, "norm_kwargs", canonical_kwargs(self.norm_kwargs))
+        set_(self, "eval_kwargs", canonical_kwargs(self.eval_kwargs))
         for name in FLOAT_FIELDS:
             set_(self, name, float(getattr(self, name)))
         for name in INT_FIELDS:
@@ -127,7 +130,7 @@ def _as_int(name: str, value: Any) -> int:
 
 COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(ResultRow))
 KEY_FIELDS: tuple[str, ...] = (
-    "scenario", "profile", "dataset", "model", "norm", "norm_kwargs", "variant", "eval_mode",
+    "scenario", "profile", "dataset", "model", "norm", "norm_kwargs", "variant", "eval_mode", "eval_kwargs",
     "corruption", "severity", "train_batch_size", "seed", "recipe", "metric", "device",
 )
 KEY_WITHOUT_SEED: tuple[str, ...] = tuple(name for name in KEY_FIELDS if name != "seed")

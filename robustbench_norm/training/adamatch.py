@@ -314,7 +314,8 @@ def train_adamatch(
     """Train ``model`` (in place) with AdaMatch on labelled ``source`` and unlabelled ``target``.
 
     ``source``/``target``: ``ImageSet``-like objects with ``images`` uint8 (N, C, H, W) and ``labels`` int64
-    (N,) (the target's labels are never read), same (C, H, W). ``config.epochs`` passes over the source set in
+    (N,) (the target's labels never enter the loss: they are read only to log the accuracy of the
+    pseudo-labels per epoch), same (C, H, W). ``config.epochs`` passes over the source set in
     batches of ``config.source_batch_size``, each with ``uratio`` times as many target images. Context ids
     (both or neither; for models with context layers) go to every forward pass: ``source_context`` for
     source samples, ``target_context`` for target samples. Everything random (sampling, augmentation, logit
@@ -358,6 +359,7 @@ class _AdaMatchTrainer:
                         "generator": self.noise, "flip": config.weak_flip}
         self.source_images, self.source_labels = source.images.to(device), source.labels.to(device)
         self.target_images = target.images.to(device)
+        self.target_labels = target.labels.to(device)  # diagnostics only (pseudo-label accuracy), never the loss
         self.target_stream = _target_indices(len(target.images), self.target_batch, self.sampler)
         self.source_ids = self.joint_ids = None
         if source_context is not None and target_context is not None:
@@ -406,7 +408,8 @@ class _AdaMatchTrainer:
         """AdaMatch's loss on one batch, and (source loss, target loss, mask rate, threshold) detached."""
         batch, target_batch = self.batch, self.target_batch
         x_s, y = _to_float(self.source_images[source_index]), self.source_labels[source_index]
-        x_t = _to_float(self.target_images[next(self.target_stream).to(self.device)])
+        target_index = next(self.target_stream).to(self.device)
+        x_t = _to_float(self.target_images[target_index])
         sx = _interleave(weak_augment(x_s, **self.augment), strong_augment(x_s, **self.augment))
         tu = _interleave(weak_augment(x_t, **self.augment), strong_augment(x_t, **self.augment))
         z_source_only = _forward(self.model, sx, self.source_ids, source_only=True)
@@ -422,12 +425,18 @@ class _AdaMatchTrainer:
         mask, threshold = relative_confidence_mask(probs_sw, pseudo, self.config.confidence)
         loss_source = 0.5 * (F.cross_entropy(z_sw, y) + F.cross_entropy(z_ss, y))
         loss_target = pseudo_label_loss(z_ts, pseudo, mask)
-        parts = [loss_source.detach(), loss_target.detach(), mask.to(threshold.dtype).mean(), threshold]
+        hits = (pseudo.argmax(dim=1) == self.target_labels[target_index]) & mask.bool()
+        pseudo_accuracy = hits.sum().to(threshold.dtype) / mask.sum().clamp(min=1).to(threshold.dtype)
+        parts = [loss_source.detach(), loss_target.detach(), mask.to(threshold.dtype).mean(), threshold,
+                 pseudo_accuracy]
         return loss_source + weight * loss_target, parts
 
 
-_METRICS = ("loss", "loss_source", "loss_target", "mask_rate", "confidence_threshold", "unlabeled_weight", "lr")
-"""Per-step values averaged into each epoch's history entry (the last two are schedule values)."""
+_METRICS = ("loss", "loss_source", "loss_target", "mask_rate", "confidence_threshold", "pseudo_label_accuracy",
+            "unlabeled_weight", "lr")
+"""Per-step values averaged into each epoch's history entry (the last two are schedule values).
+``pseudo_label_accuracy`` is the share of the masked (used) pseudo-labels that equal the target's true label:
+a diagnostic read from the target labels, which never enter the loss."""
 
 
 def _make_alignment(num_classes: int, labels: Tensor, config: AdaMatchConfig,

@@ -1,0 +1,133 @@
+"""Which training recipe for (profile, scenario, norm): the one function that answers it (DomainBed's
+``hparams_registry`` convention). No other module picks an architecture, an optimiser or a norm's kwargs
+by name.
+
+A scenario has **one shared recipe** that converges every norm family (checked by ``robustbench-norm
+check-convergence``: twice the steps moves the mean validation accuracy over 3 seeds by at most 1 point;
+the table is ``docs/convergence-quick.md``). A family gets its own recipe only where the shared one does not
+train it, chosen on a validation split carved from the training set, never the test set
+(``robustbench-norm select-recipe``, table in ``docs/recipe-selection.md``). Today that is one family:
+
+* norms placed on ViT patch tokens (``placement="tokens"``, Context Norm's CN-Patches) run on ``vit_tiny``,
+  which the conv nets' SGD schedule leaves at chance; it trains with Adam (lr 1e-3, no weight decay).
+
+Norm kwargs a scenario sets for a norm (LocalNorm's K groups: the paper uses 10 groups of 10 on MNIST; the
+quick profile's batch of 32 takes 4 groups of 8) live in :data:`_SCENARIO_NORM_KWARGS`.
+
+Paper-profile recipes follow ``docs/paper-fidelity.md``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from robustbench_norm.norms import get_norm
+from robustbench_norm.training.hparams import AdaMatchConfig, TrainConfig
+
+SCENARIOS: tuple[str, ...] = ("noise", "batch_size", "domain_shift", "blend", "day_night", "superclass")
+TOKEN_ARCH = "vit_tiny"
+_TOKEN_OPTIMIZER = {"optimizer": "adam", "lr": 1e-3, "weight_decay": 0.0}
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How one (profile, scenario, norm) model is trained.
+
+    Attributes:
+        arch: the net (``robustbench_norm.models.build_model`` name).
+        train: supervised schedule (domain shift: the source-only floor).
+        adamatch: AdaMatch schedule (domain shift only).
+        norm_kwargs: kwargs this scenario sets for the norm (``--norm-kwargs`` overrides them).
+        source: where the recipe comes from, recorded with the results ("shared" or the family's reason).
+    """
+
+    arch: str
+    train: TrainConfig
+    adamatch: AdaMatchConfig | None = None
+    norm_kwargs: dict[str, Any] = field(default_factory=dict)
+    source: str = "shared"
+
+    def schedule_dict(self) -> dict[str, Any]:
+        """Everything of the recipe that fixes the weights besides the data (part of the cache key)."""
+        spec = {"arch": self.arch, "train": self.train.as_dict()}
+        if self.adamatch is not None:
+            spec["adamatch"] = self.adamatch.as_dict()
+        return spec
+
+
+def _quick() -> dict[str, Recipe]:
+    sgd = TrainConfig(epochs=12, batch_size=32, lr=0.05)
+    return {
+        # mnist5k (4,000 train images, 28x28): 1,500 steps
+        "noise": Recipe("quick_cnn", sgd),
+        # digits at 16x16; the batch-size scenario rescales epochs and lr per batch size (see its module)
+        "batch_size": Recipe("quick_cnn", TrainConfig(epochs=30, batch_size=64, lr=0.1)),
+        # digits -> mnist5k at 16x16 grey
+        "domain_shift": Recipe(
+            "quick_cnn",
+            TrainConfig(epochs=30, batch_size=32, lr=0.05),
+            adamatch=AdaMatchConfig(epochs=30, source_batch_size=32, ema_momentum=0.99,
+                                    source_distribution_momentum=0.99),
+        ),
+        "blend": Recipe("quick_cnn", TrainConfig(epochs=20, batch_size=32, lr=0.05)),
+        "day_night": Recipe("quick_cnn", TrainConfig(epochs=20, batch_size=32, lr=0.05)),
+    }
+
+
+def _paper() -> dict[str, Recipe]:
+    return {
+        "noise": Recipe("localnorm_mnist", TrainConfig(epochs=20, batch_size=100, lr=0.05)),
+        "batch_size": Recipe("resnet20", TrainConfig(epochs=100, batch_size=64, lr=0.05)),
+        "domain_shift": Recipe(
+            "wrn28_2",
+            TrainConfig(epochs=10, batch_size=64, lr=0.03, weight_decay=1e-3),
+            adamatch=AdaMatchConfig(epochs=10, source_batch_size=64),
+        ),
+        "blend": Recipe("cifar_convnet", TrainConfig(epochs=100, batch_size=256, lr=0.001, optimizer="adam",
+                                                     weight_decay=1e-4)),
+        "day_night": Recipe("resnet20", TrainConfig(epochs=100, batch_size=128, lr=0.05)),
+        "superclass": Recipe("cifar_convnet", TrainConfig(epochs=100, batch_size=256, lr=0.001,
+                                                          optimizer="adam", weight_decay=1e-4)),
+    }
+
+
+_SHARED: dict[str, dict[str, Recipe]] = {"quick": _quick(), "paper": _paper()}
+
+_SCENARIO_NORM_KWARGS: dict[tuple[str, str, str], dict[str, Any]] = {
+    ("quick", "noise", "localnorm"): {"num_groups": 4},
+    ("paper", "noise", "localnorm"): {"num_groups": 10},
+}
+
+
+def recipe(profile: str, scenario: str, norm: str) -> Recipe:
+    """The training recipe of ``norm`` in ``scenario`` of ``profile`` (see the module docstring).
+
+    Raises ``ValueError`` naming the valid profiles, scenarios or norms.
+    """
+    if profile not in _SHARED:
+        raise ValueError(f"unknown profile {profile!r}; valid profiles: {tuple(_SHARED)}")
+    recipes = _SHARED[profile]
+    if scenario not in recipes:
+        raise ValueError(f"profile {profile!r} has no scenario {scenario!r}; valid: {tuple(recipes)}")
+    spec = get_norm(norm)
+    chosen = replace(recipes[scenario],
+                     norm_kwargs=dict(_SCENARIO_NORM_KWARGS.get((profile, scenario, spec.name), {})))
+    if spec.placement == "tokens":
+        chosen = replace(chosen, arch=TOKEN_ARCH, train=replace(chosen.train, **_TOKEN_OPTIMIZER),
+                         source="tokens: vit_tiny with Adam (the shared SGD schedule leaves a ViT at chance)")
+    return chosen
+
+
+def with_epochs(chosen: Recipe, epochs: int) -> Recipe:
+    """``chosen`` with every schedule set to ``epochs`` epochs (smoke runs; rows then carry another recipe)."""
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise ValueError(f"epochs must be an integer >= 1, got {epochs!r}")
+    adamatch = None if chosen.adamatch is None else replace(chosen.adamatch, epochs=epochs)
+    return replace(chosen, train=replace(chosen.train, epochs=epochs), adamatch=adamatch)
+
+
+def scaled_steps(chosen: Recipe, factor: int) -> Recipe:
+    """``chosen`` trained ``factor`` times as many steps (the convergence check's longer schedule)."""
+    adamatch = None if chosen.adamatch is None else replace(chosen.adamatch, epochs=chosen.adamatch.epochs * factor)
+    return replace(chosen, train=replace(chosen.train, epochs=chosen.train.epochs * factor), adamatch=adamatch)
