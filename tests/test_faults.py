@@ -10,7 +10,8 @@ are covered next to their code (suites, norms, options); this module covers:
 * item 5  - an unwritable cache fails before training, naming the folder and how to choose another;
 * item 6  - columns a user added to a result or baseline CSV survive a rewrite;
 * item 8  - bad norm names and unknown eval modes fail at registration / first lookup, before training;
-* item 9  - temporary files of a writer killed with SIGKILL are removed by later writes.
+* item 9  - temporary files of a writer killed with SIGKILL are removed by later writes;
+* item 11 - the data fingerprint tells other pixels apart, so a checkpoint keyed on it is not reused.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ from torch import nn
 
 from robustbench_norm import cli
 from robustbench_norm.atomic import STALE_TEMP_SECONDS
+from robustbench_norm.data import load_dataset
+from robustbench_norm.data.imageset import DatasetBundle, ImageSet, dataset_fingerprint
 from robustbench_norm.norms import ENTRY_POINT_GROUP, get_norm, list_norms, register_norm, reload_plugins
 from robustbench_norm.results.baselines import read_baselines, update_baselines
 from robustbench_norm.results.rows import COLUMNS, rows_to_frame
@@ -391,3 +394,21 @@ def test_stale_temp_file_of_a_killed_checkpoint_writer_is_swept(tmp_path):
     live.write_bytes(b"in progress")
     CheckpointCache(tmp_path).train_or_load({**SPEC, "seed": 2}, conv_bn(), Trainer())
     assert temp_files(tmp_path) == [live.name]
+
+
+# -- item 11: data fingerprint ---------------------------------------------------------------------------
+
+
+def test_other_pixels_give_another_fingerprint_and_another_checkpoint(tmp_path):
+    bundle = load_dataset("digits", train_size=100, test_size=50)
+    assert dataset_fingerprint(bundle) == dataset_fingerprint(load_dataset("digits", train_size=100, test_size=50))
+    images = bundle.train.images.clone()
+    images[0, 0, 0, 0] ^= 1  # what another font or resampling version could change
+    other = DatasetBundle(bundle.name, ImageSet(images, bundle.train.labels, bundle.train.name), bundle.test,
+                          bundle.num_classes, bundle.channels, bundle.image_size)
+    assert dataset_fingerprint(other) != dataset_fingerprint(bundle)
+    cache, train = CheckpointCache(tmp_path), Trainer()
+    for data in (bundle, other, bundle):
+        cache.train_or_load({**SPEC, "data": {"name": data.name, "fingerprint": dataset_fingerprint(data)}},
+                            conv_bn(), train)
+    assert train.calls == 2  # the second bundle's pixels differ: its own checkpoint, not the first one's
