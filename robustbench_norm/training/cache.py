@@ -27,9 +27,14 @@ the cache either: the root must be writable *before* training starts (:meth:`Che
 creates it and writes a probe file, else :class:`CacheNotWritableError` names the folder and how to choose
 another), and a write that still fails afterwards (disk full) is a :class:`CheckpointNotSavedWarning`, the
 trained model being returned all the same. Writes go to a temporary file in the same directory, then
-``os.replace``: a reader sees the old file or the new one, never half of one, and two processes that train
-the same key at once both leave a valid file (the last replace wins); temporary files of killed writers
+``os.replace``: a reader sees the old file or the new one, never half of one; temporary files of killed writers
 are swept by later writes (:mod:`robustbench_norm.atomic`).
+
+A key is trained once even when several processes ask for it at once (two sweeps, two xdist workers):
+training holds an exclusive ``fcntl.flock`` on the sibling lock file ``.<key>.pt.lock``
+(:func:`robustbench_norm.results.store.locked`) and looks for the checkpoint again once it holds the lock, so
+a process that waited loads what the first one wrote. The kernel releases the lock of a killed process. A
+valid checkpoint is loaded without the lock (a read-only cache needs none).
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ import torch
 from torch import nn
 
 from robustbench_norm.atomic import TEMP_SUFFIX, atomic_write
+from robustbench_norm.results.store import locked
 from robustbench_norm.training.trainer import TrainingDiverged
 
 RECIPE_VERSION = "2"  # 2: suite models are built right after seeding (init independent of test order)
@@ -146,9 +152,11 @@ class CheckpointCache:
     def train_or_load(self, spec: dict[str, Any], model: nn.Module, train_fn: TrainFn) -> CacheResult:
         """Load the weights for ``spec`` into ``model`` if a valid checkpoint exists, else ``train_fn(model)``.
 
-        Before training, the root must be writable (:meth:`check_writable`). After training, the weights
-        (moved to the CPU; all finite, else :class:`TrainingDiverged`) and the JSON-able history
-        ``train_fn`` returned are written atomically. ``model`` must have the architecture ``spec`` describes.
+        Before training, the root must be writable (:meth:`check_writable`). Training holds the key's lock
+        and starts only if the checkpoint is still missing or rejected once the lock is held (see the module
+        docstring). After training, the weights (moved to the CPU; all finite, else :class:`TrainingDiverged`)
+        and the JSON-able history ``train_fn`` returned are written atomically. ``model`` must have the
+        architecture ``spec`` describes.
         """
         key = self.key(spec)
         spec_json = canonical_json(spec)
@@ -157,15 +165,22 @@ class CheckpointCache:
             try:
                 history = self._load(path, key, spec_json, model)
                 return CacheResult(model, key, loaded=True, history=history, path=path)
-            except _Rejected as rejected:
-                warnings.warn(
-                    f"checkpoint {path} rejected ({rejected}); retraining and overwriting it",
-                    rejected.warning,
-                    stacklevel=2,
-                )
+            except _Rejected:
+                pass  # looked at again, and reported, under the lock
         self.check_writable()
-        history = train_fn(model)
-        self._save(path, key, spec_json, model, history)
+        with locked(path):
+            if path.exists():
+                try:
+                    history = self._load(path, key, spec_json, model)
+                    return CacheResult(model, key, loaded=True, history=history, path=path)
+                except _Rejected as rejected:
+                    warnings.warn(
+                        f"checkpoint {path} rejected ({rejected}); retraining and overwriting it",
+                        rejected.warning,
+                        stacklevel=2,
+                    )
+            history = train_fn(model)
+            self._save(path, key, spec_json, model, history)
         return CacheResult(model, key, loaded=False, history=history, path=path)
 
     def _save(self, path: Path, key: str, spec_json: str, model: nn.Module, history: Any) -> None:
