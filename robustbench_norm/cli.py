@@ -3,7 +3,8 @@
 * ``list``: registered norms with their spec flags, corruptions with severity grids, data sets, models;
 * ``run [pytest args...]``: runs ``python -m pytest <checkout>/suites ...`` with the arguments passed
   through (``--norm=lcn -k noise``), printing the command first; exit code = pytest's;
-* ``publish [--results-dir DIR] [--out-dir DIR]``: markdown, HTML and plots for every result CSV;
+* ``publish [--results-dir DIR ...] [--out-dir DIR]``: an offline site (index, ranked tables with significance
+  vs BatchNorm, plots, confusion matrices; HTML, markdown, LaTeX) of one or several results folders side by side;
 * ``compare A.csv B.csv [--metric accuracy] [--tolerance 0.02]``: the seed means of two result CSVs
   joined on the key without seed; exit code 1 if any B < A - tolerance (higher is better), else 0.
 
@@ -71,11 +72,12 @@ def _cmd_publish(args: argparse.Namespace) -> int:
     from robustbench_norm.results import default_results_dir
     from robustbench_norm.results.publish import publish
 
-    results_dir = Path(args.results_dir) if args.results_dir else default_results_dir()
-    if not results_dir.is_dir():
-        print(f"error: results directory {results_dir} does not exist", file=sys.stderr)
-        return ERROR_EXIT
-    written = publish(results_dir, args.out_dir)
+    results_dirs = [Path(d) for d in args.results_dir] if args.results_dir else [default_results_dir()]
+    for results_dir in results_dirs:
+        if not results_dir.is_dir():
+            print(f"error: results directory {results_dir} does not exist", file=sys.stderr)
+            return ERROR_EXIT
+    written = publish(results_dirs, args.out_dir)
     for path in written:
         print(path)
     print(f"{len(written)} file(s) written", file=sys.stderr)
@@ -119,6 +121,53 @@ def _verdict(a: float, b: float, tolerance: float) -> str:
     return "REGRESSION" if not math.isnan(a) and b < a - tolerance else "ok"
 
 
+def _cmd_check_convergence(args: argparse.Namespace) -> int:
+    import torch
+
+    from robustbench_norm.convergence import check_convergence, markdown_table
+    from robustbench_norm.norms import get_norm
+    from robustbench_norm.scenarios import Session, get_scenario
+
+    scenarios = [get_scenario(name).name for name in args.scenario]
+    norms = [get_norm(name).name for name in args.norm]
+    torch.set_num_threads(1)  # as the suite trains: the weights depend on the thread count
+    session = Session.create(args.profile, device=args.device, seeds=args.seeds, cache_dir=args.cache_dir)
+    checks = check_convergence(session, scenarios, norms, factor=args.factor)
+    command = "robustbench-norm check-convergence " + shlex.join(args.argv)
+    table = markdown_table(checks, args.factor, args.seeds, command)
+    print(table)
+    if args.out:
+        Path(args.out).write_text(f"# Convergence of the {args.profile} profile\n\n{table}")
+    return 0
+
+
+def _cmd_select_recipe(args: argparse.Namespace) -> int:
+    import statistics
+
+    import torch
+
+    from robustbench_norm.convergence import select_recipe
+    from robustbench_norm.norms import get_norm
+    from robustbench_norm.scenarios import Session, get_scenario
+
+    torch.set_num_threads(1)
+    session = Session.create(args.profile, device=args.device, seeds=args.seeds, cache_dir=args.cache_dir)
+    lines = [f"Produced by `robustbench-norm select-recipe {shlex.join(args.argv)}` (validation split = 20 % of "
+             f"each training set; {args.seeds} seeds).", "",
+             "| scenario | norm | candidate | validation accuracy (mean) | per seed |", "|---|---|---|---|---|"]
+    for scenario in args.scenario:
+        for norm in args.norm:
+            scores = select_recipe(session, get_scenario(scenario).name, get_norm(norm).name)
+            for name, values in scores.items():
+                per_seed = ", ".join(f"{v * 100:.1f}" for v in values)
+                lines.append(f"| {scenario} | {norm} | {name} | {statistics.fmean(values) * 100:.2f} | {per_seed} |")
+    table = "\n".join(lines) + "\n"
+    print(table)
+    if args.out:
+        Path(args.out).write_text(f"# Family-specific recipes, chosen on validation data\n\n{table}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``robustbench-norm``."""
     parser = argparse.ArgumentParser(prog="robustbench-norm",
@@ -128,8 +177,33 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("run", help="run the benchmark suites with pytest (arguments pass through)",
                         add_help=False)
     publish = commands.add_parser("publish", help="render result CSVs as markdown, HTML and plots")
-    publish.add_argument("--results-dir", default=None, help="results folder (default: <checkout>/leaderboards)")
-    publish.add_argument("--out-dir", default=None, help="write here instead of <results-dir>/<profile>/tables")
+    publish.add_argument("--results-dir", action="append", default=None,
+                         help="results folder (default: <checkout>/leaderboards); repeat it to show several runs "
+                              "side by side, never averaged (needs --out-dir)")
+    publish.add_argument("--out-dir", default=None,
+                         help="site root (default: the results folder: index.html there, pages in <profile>/tables)")
+    convergence = commands.add_parser(
+        "check-convergence", help="train each scenario's in-distribution model 1x and 2x as long; table of changes")
+    convergence.add_argument("--profile", default="quick", choices=("quick", "paper"))
+    convergence.add_argument("--scenario", nargs="+", default=["noise", "batch_size", "domain_shift", "blend",
+                                                                "day_night"])
+    convergence.add_argument("--norm", nargs="+", default=["batchnorm", "groupnorm", "instancenorm", "layernorm",
+                                                            "lcn", "localnorm", "contextnorm", "ilm_gn",
+                                                            "switchnorm"])
+    convergence.add_argument("--seeds", type=int, default=3)
+    convergence.add_argument("--factor", type=int, default=2, help="the longer run's step multiple (default 2)")
+    convergence.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    convergence.add_argument("--cache-dir", default=None, help="checkpoint cache (default: the user cache)")
+    convergence.add_argument("--out", default=None, help="also write the table to this markdown file")
+    select = commands.add_parser(
+        "select-recipe", help="validation accuracy of a norm family's own recipe against the shared one")
+    select.add_argument("--profile", default="quick", choices=("quick", "paper"))
+    select.add_argument("--scenario", nargs="+", default=["noise"])
+    select.add_argument("--norm", nargs="+", default=["contextnorm_patches"])
+    select.add_argument("--seeds", type=int, default=3)
+    select.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    select.add_argument("--cache-dir", default=None, help="checkpoint cache (default: the user cache)")
+    select.add_argument("--out", default=None, help="also write the table to this markdown file")
     compare = commands.add_parser("compare", help="compare two result CSVs; exit 1 on a regression of B vs A")
     compare.add_argument("a", help="reference result CSV")
     compare.add_argument("b", help="result CSV to check")
@@ -145,7 +219,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv and argv[0] == "run":  # everything after "run" belongs to pytest, even --help
         return _cmd_run(argv[1:])
     args = build_parser().parse_args(argv)
-    handlers = {"list": _cmd_list, "publish": _cmd_publish, "compare": _cmd_compare}
+    args.argv = argv[1:]
+    handlers = {"list": _cmd_list, "publish": _cmd_publish, "compare": _cmd_compare,
+                "check-convergence": _cmd_check_convergence, "select-recipe": _cmd_select_recipe}
     try:
         return handlers[args.command](args)
     except (ValueError, OSError) as error:  # damaged or unreadable inputs: an error, never "regression found"

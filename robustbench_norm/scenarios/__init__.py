@@ -39,6 +39,8 @@ class Scenario:
     plan: Callable[[Session, str, Any], list[TrainJob]]
     run: Callable[[Session, str, Any], Outcome]
     value_id: Callable[[Any], str] = str  # a parameter value in a test id
+    # the values whose models the convergence check trains twice as long (default: every value)
+    in_distribution: Callable[[list[Any]], list[Any]] = list
 
 
 def _mixture(name: str) -> Scenario:
@@ -50,11 +52,14 @@ def _mixture(name: str) -> Scenario:
 SCENARIOS: dict[str, Scenario] = {
     noise.NAME: Scenario(noise.NAME, noise.PARAMETER, noise.parameter_values,
                          lambda session, norm, _: noise.plan(session, norm), noise.run,
-                         lambda name: corruptions.get_corruption(name).short_name),
+                         lambda name: corruptions.get_corruption(name).short_name,
+                         lambda values: values[:1]),  # one model serves every corruption
     batch_size.NAME: Scenario(batch_size.NAME, batch_size.PARAMETER, batch_size.parameter_values,
-                              batch_size.plan, batch_size.run, lambda size: f"bs{size}"),
+                              batch_size.plan, batch_size.run, lambda size: f"bs{size}",
+                              lambda sizes: sorted({max(sizes), min(sizes)}, reverse=True)),
     domain_shift.NAME: Scenario(domain_shift.NAME, domain_shift.PARAMETER, domain_shift.parameter_values,
-                                domain_shift.plan, domain_shift.run),
+                                domain_shift.plan, domain_shift.run,
+                                in_distribution=lambda variants: ["source_only"]),
     **{name: _mixture(name) for name in mixture.NAMES},
 }
 

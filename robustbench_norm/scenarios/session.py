@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -23,7 +23,7 @@ from torch import nn
 from robustbench_norm.atomic import atomic_write
 from robustbench_norm.data import DatasetBundle, ImageSet, load_dataset
 from robustbench_norm.evaluation import save_reliability_diagram
-from robustbench_norm.data.imageset import dataset_fingerprint
+from robustbench_norm.data.imageset import dataset_fingerprint, validation_split
 from robustbench_norm.models import build_model
 from robustbench_norm.norms import check_kwargs, get_norm
 from robustbench_norm.profiles import DataSpec, Profile, get_profile
@@ -103,6 +103,11 @@ class Session:
         epochs: override of every schedule's epochs (smoke runs; rows then carry another recipe id).
         data_dir, download: where the real data sets are (paper profile).
         progress: show training progress bars.
+        validation: every data set's test split is replaced by a validation split carved from its training
+            split (20 %, stratified), which is then trained on without it: for choosing recipes and
+            checking convergence, never touching a test set.
+        transform: applied to every recipe after the epoch override (the convergence check's longer
+            schedule, a candidate recipe of ``robustbench-norm select-recipe``); rows then carry its recipe id.
     """
 
     profile: Profile
@@ -114,6 +119,8 @@ class Session:
     data_dir: Path | None = None
     download: bool = False
     progress: bool = False
+    validation: bool = False
+    transform: Callable[[Recipe], Recipe] | None = None
     _data: dict[DataSpec, DatasetBundle] = field(default_factory=dict, repr=False)
     _models: dict[str, tuple[nn.Module, str, Any]] = field(default_factory=dict, repr=False)
 
@@ -144,7 +151,9 @@ class Session:
     def recipe(self, scenario: str, norm: str) -> Recipe:
         """The recipe of ``norm`` in ``scenario``, with this session's epoch override."""
         chosen = recipe(self.profile.name, scenario, norm)
-        return chosen if self.epochs is None else with_epochs(chosen, self.epochs)
+        if self.epochs is not None:
+            chosen = with_epochs(chosen, self.epochs)
+        return chosen if self.transform is None else self.transform(chosen)
 
     def norm_kwargs(self, chosen: Recipe, norm: str, num_contexts: int) -> dict[str, Any]:
         """The kwargs ``norm`` is built with: the recipe's, the contexts of a context layer, ``--norm-kwargs``."""
@@ -157,8 +166,11 @@ class Session:
 
     def dataset(self, spec: DataSpec) -> DatasetBundle:
         if spec not in self._data:
-            self._data[spec] = load_dataset(spec.name, data_dir=self.data_dir, download=self.download,
-                                            **spec.load_kwargs())
+            bundle = load_dataset(spec.name, data_dir=self.data_dir, download=self.download, **spec.load_kwargs())
+            if self.validation:
+                train, held_out = validation_split(bundle.train)
+                bundle = replace(bundle, train=train, test=replace(held_out, name=f"{bundle.name}/validation"))
+            self._data[spec] = bundle
         return self._data[spec]
 
     def data_identity(self, spec: DataSpec) -> dict[str, Any]:

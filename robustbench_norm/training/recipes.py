@@ -119,6 +119,20 @@ def recipe(profile: str, scenario: str, norm: str) -> Recipe:
     return chosen
 
 
+def _shared_schedule(chosen: Recipe, profile: str, scenario: str) -> Recipe:
+    """``chosen`` (a family's recipe) with the scenario's shared optimiser and schedule, the family's net kept."""
+    return replace(chosen, train=_SHARED[profile][scenario].train, source="shared")
+
+
+def family_candidates(profile: str, scenario: str, norm: str) -> dict[str, Recipe]:
+    """The recipes ``robustbench-norm select-recipe`` compares for ``norm``: the shared one (on the family's
+    net) and the family's own; one entry when the norm has no family-specific recipe."""
+    chosen = recipe(profile, scenario, norm)
+    if chosen.source == "shared":
+        return {"shared": chosen}
+    return {"shared": _shared_schedule(chosen, profile, scenario), "family": chosen}
+
+
 def with_epochs(chosen: Recipe, epochs: int) -> Recipe:
     """``chosen`` with every schedule set to ``epochs`` epochs (smoke runs; rows then carry another recipe)."""
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:

@@ -1,0 +1,114 @@
+"""Is a profile's schedule long enough? Train each scenario's in-distribution model twice as long and compare.
+
+A number that moves when the model trains twice as long measures the schedule, not the layer. For every
+(scenario, norm) this trains the scenario's in-distribution model with the profile's recipe and with
+``factor`` times its steps, on the training split minus a stratified 20 % validation split, and scores both
+on that validation split (never a test set), in the norm's first test-time mode:
+
+=============  ========================================================================================
+noise          the clean validation images
+batch_size     the reference (largest) and the smallest batch size of the sweep, each its own row
+domain_shift   the source-only model on the source's validation images
+blend          the joint model on the joint validation images (``day_night`` likewise)
+=============  ========================================================================================
+
+**Converged** = the mean over the seeds moves by at most ``TOLERANCE`` (1 accuracy point).
+``robustbench-norm check-convergence`` runs it and writes the markdown table (``docs/convergence-<profile>.md``).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass, replace
+from functools import partial
+from typing import Any, Iterable
+
+from robustbench_norm.scenarios import available, get_scenario
+from robustbench_norm.scenarios.session import Session
+from robustbench_norm.training.recipes import family_candidates, scaled_steps
+
+TOLERANCE = 0.01
+IN_DISTRIBUTION_METRICS = ("accuracy", "source_accuracy")
+
+
+@dataclass(frozen=True)
+class Check:
+    """One (scenario, parameter value, norm): mean validation accuracy at 1x and ``factor`` x the steps."""
+
+    scenario: str
+    value: Any
+    norm: str
+    short: list[float]
+    long: list[float]
+
+    @property
+    def change(self) -> float:
+        return statistics.fmean(self.long) - statistics.fmean(self.short)
+
+    @property
+    def converged(self) -> bool:
+        return abs(self.change) <= TOLERANCE
+
+
+def _accuracies(session: Session, scenario: str, norm: str, value: Any) -> list[float]:
+    """Per-seed validation accuracy of the in-distribution model in the norm's first mode.
+
+    A scenario's ``run`` scores each seed's in-distribution test set first, in the norm's first test-time
+    mode, so the first accuracy row of each seed is the one to compare.
+    """
+    outcome = get_scenario(scenario).run(session, norm, value)
+    by_seed: dict[int, float] = {}
+    for row in outcome.rows:
+        if row.metric in IN_DISTRIBUTION_METRICS:
+            by_seed.setdefault(row.seed, row.value)
+    session.release()
+    return [by_seed[seed] for seed in sorted(by_seed)]
+
+
+def check_convergence(session: Session, scenarios: Iterable[str], norms: Iterable[str],
+                      factor: int = 2) -> list[Check]:
+    """:class:`Check` rows for every (scenario, in-distribution value, norm) (module docstring)."""
+    short = replace(session, validation=True, transform=None, _data={}, _models={})
+    long = replace(short, transform=partial(scaled_steps, factor=factor), _data={}, _models={})
+    checks = []
+    for scenario in scenarios:
+        if not available(session, scenario):
+            continue
+        for value in get_scenario(scenario).in_distribution(get_scenario(scenario).values(session)):
+            for norm in norms:
+                checks.append(Check(scenario, value, norm, _accuracies(short, scenario, norm, value),
+                                    _accuracies(long, scenario, norm, value)))
+    return checks
+
+
+def markdown_table(checks: list[Check], factor: int, seeds: int, command: str) -> str:
+    """The convergence table (mean validation accuracy over seeds, in %)."""
+    lines = [
+        f"Produced by `{command}` (validation split = 20 % of each training set; mean over {seeds} seeds; "
+        f"converged = |change| <= {TOLERANCE * 100:g} point).",
+        "",
+        f"| scenario | setting | norm | 1x steps | {factor}x steps | change | converged |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for check in checks:
+        setting = "" if check.value is None else str(check.value)
+        mean_short, mean_long = statistics.fmean(check.short) * 100, statistics.fmean(check.long) * 100
+        flag = "yes" if check.converged else "**no**"
+        if math.isnan(check.change):
+            flag = "n/a"
+        lines.append(f"| {check.scenario} | {setting} | {check.norm} | {mean_short:.2f} | {mean_long:.2f} | "
+                     f"{check.change * 100:+.2f} | {flag} |")
+    return "\n".join(lines) + "\n"
+
+
+def select_recipe(session: Session, scenario: str, norm: str) -> dict[str, list[float]]:
+    """Validation accuracy per seed of each candidate recipe of ``norm`` (:func:`family_candidates`)."""
+    candidates = family_candidates(session.profile.name, scenario, norm)
+    values = get_scenario(scenario).in_distribution(get_scenario(scenario).values(session))
+    scores = {}
+    for name, candidate in candidates.items():
+        trial = replace(session, validation=True, transform=lambda _, candidate=candidate: candidate, _data={},
+                        _models={})
+        scores[name] = [accuracy for value in values for accuracy in _accuracies(trial, scenario, norm, value)]
+    return scores
