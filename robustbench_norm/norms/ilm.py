@@ -42,9 +42,13 @@ O(N D M) for the auto-encoder; 3 D M + 2 C parameters.
 
 from __future__ import annotations
 
+import functools
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from robustbench_norm.norms.instance_affine import instance_affine
 from robustbench_norm.norms.registry import register_norm
 
 PAPER = "Jia et al., Instance-Level Meta Normalization, CVPR 2019"
@@ -92,17 +96,35 @@ class _ILMNorm(nn.Module):
                 f"{type(self).__name__} expects input (N, C, H, W) with C={self.num_features}, "
                 f"got shape {tuple(x.shape)}"
             )
-        n = x.shape[0]
-        key_mean, key_var = _unbiased_var_mean(x.reshape(n, self.num_features // self.key_group_size, -1))
-        gamma = torch.sigmoid(self.weight_decoder(torch.relu(self.encoder(key_var))))
-        beta = torch.tanh(self.bias_decoder(torch.relu(self.encoder(key_mean))))
-        gamma = gamma.repeat_interleave(self.key_group_size, dim=1) + self.weight
-        beta = beta.repeat_interleave(self.key_group_size, dim=1) + self.bias
+        params = (
+            self.encoder.weight, self.weight_decoder.weight, self.bias_decoder.weight, self.weight, self.bias
+        )
+        count = x.shape[2] * x.shape[3]
+        return instance_affine(x, functools.partial(self._head, count), *params)[0]
 
-        groups = x.reshape(n, self.num_groups, -1)
-        mean, var = _unbiased_var_mean(groups)
-        x_hat = ((groups - mean[..., None]) * torch.rsqrt(var[..., None] + self.eps)).view_as(x)
-        return x_hat * gamma[:, :, None, None] + beta[:, :, None, None]
+    def _head(
+        self,
+        count: int,
+        mean_in: torch.Tensor,
+        var_in: torch.Tensor,
+        encoder: torch.Tensor,
+        weight_decoder: torch.Tensor,
+        bias_decoder: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(scale, offset) per (n, c), y = (x - mu_in) * scale + offset, from the (N, C) instance moments
+        over ``count`` = H * W values each (steps 1-6 of the module docstring)."""
+        key_mean, key_var = _pooled_moments(mean_in, var_in, self.key_group_size, count)
+        gamma = torch.sigmoid(F.linear(torch.relu(F.linear(key_var, encoder)), weight_decoder))
+        beta = torch.tanh(F.linear(torch.relu(F.linear(key_mean, encoder)), bias_decoder))
+        gamma = _per_channel(gamma, self.key_group_size) + weight
+        beta = _per_channel(beta, self.key_group_size) + bias
+        per_group = self.num_features // self.num_groups
+        mean, var = _pooled_moments(mean_in, var_in, per_group, count)
+        mean = _per_channel(mean, per_group)
+        scale = gamma * _per_channel(torch.rsqrt(var + self.eps), per_group)
+        return scale, beta + (mean_in - mean) * scale
 
     def extra_repr(self) -> str:
         return (
@@ -170,11 +192,24 @@ class ILMLayerNorm(_ILMNorm):
         super().__init__(num_features, 1, key_group_size=key_group_size, reduction=reduction, eps=eps)
 
 
-def _unbiased_var_mean(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and unbiased variance over the last axis; a single value has variance 0 (n - 1 clamped to 1)."""
-    count = values.shape[-1]
-    var, mean = torch.var_mean(values, dim=-1, correction=0)
-    return mean, var * (count / max(count - 1, 1))
+def _pooled_moments(
+    mean_in: torch.Tensor, var_in: torch.Tensor, size: int, count: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and unbiased variance of groups of ``size`` consecutive channels, (N, C) -> (N, C / size), from
+    each channel's mean and biased variance over ``count`` values (law of total variance). A group of a
+    single value has variance 0 (n - 1 clamped to 1)."""
+    n, channels = mean_in.shape
+    means, variances = mean_in.view(n, channels // size, size), var_in.view(n, channels // size, size)
+    mean = means.mean(-1)
+    biased = (variances + (means - mean[..., None]) ** 2).mean(-1)
+    values = size * count
+    return mean, biased * (values / max(values - 1, 1))
+
+
+def _per_channel(per_group: torch.Tensor, size: int) -> torch.Tensor:
+    """(N, C / size) -> (N, C): each group's value repeated for its ``size`` consecutive channels."""
+    n, groups = per_group.shape
+    return per_group[:, :, None].expand(n, groups, size).reshape(n, groups * size)
 
 
 def _check_num_features(num_features: object) -> None:

@@ -38,11 +38,13 @@ Shapes: input and output ``(N, C, H, W)``; ``weight``, ``bias``: ``(K, C)``. Cos
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from robustbench_norm.norms.instance_affine import instance_affine
 from robustbench_norm.norms.registry import register_norm
 from robustbench_norm.norms.standard import (
     check_eps,
@@ -60,17 +62,28 @@ def _check_num_groups(num_groups: int) -> None:
         raise ValueError(f"num_groups must be a positive int (number of sub-batches K), got {num_groups!r}")
 
 
-def _normalize_equal_groups(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float
-) -> torch.Tensor:
-    """Normalise ``x`` (N, C, H, W) split into ``len(weight)`` equal consecutive groups, row k for group k."""
-    n, c, h, w = x.shape
-    groups = weight.shape[0]
-    xg = x.reshape(groups, n // groups, c, h * w)
-    var, mean = torch.var_mean(xg, dim=(1, 3), correction=0, keepdim=True)
-    y = (xg - mean) * torch.rsqrt(var + eps)
-    y = y * weight[:, None, :, None] + bias[:, None, :, None]
-    return y.reshape(n, c, h, w)
+def _sub_batch_head(
+    groups: torch.Tensor, rows: torch.Tensor, eps: float
+) -> Callable[..., tuple[torch.Tensor, torch.Tensor]]:
+    """The :func:`instance_affine` head of LocalNorm: sample n belongs to sub-batch ``groups[n]`` (G ids),
+    whose BN statistics and affine row ``rows[groups[n]]`` normalise it.
+
+    The sub-batch mean and biased variance of channel c follow from the (N, C) instance moments:
+    mu_k = mean_{n in k} m_n,  var_k = mean_{n in k} (v_n + (m_n - mu_k)^2).
+    """
+
+    def head(
+        mean_in: torch.Tensor, var_in: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        members = F.one_hot(groups, len(rows)).to(mean_in.dtype).t()  # (G, N)
+        average = members / members.sum(1, keepdim=True)
+        group_mean = (average @ mean_in)[groups]  # (N, C)
+        group_var = (average @ (var_in + (mean_in - group_mean) ** 2))[groups]
+        sample_rows = rows[groups]
+        scale = weight[sample_rows] * torch.rsqrt(group_var + eps)
+        return scale, bias[sample_rows] + (mean_in - group_mean) * scale
+
+    return head
 
 
 @register_norm(
@@ -116,29 +129,21 @@ class LocalNorm(nn.Module):
                 f"LocalNorm in training needs a batch divisible by num_groups: got batch N={n} and "
                 f"K={self.num_groups}; valid batches: multiples of {self.num_groups}"
             )
-        if not self.training and self.statistics_group_size is not None:
-            return self._forward_one_affine(x, self.statistics_group_size)
-        groups = min(self.num_groups, n)
-        size, larger = divmod(n, groups)  # the first `larger` groups hold size + 1 samples
-        weight, bias = self.weight[:groups], self.bias[:groups]
-        if larger == 0:
-            return _normalize_equal_groups(x, weight, bias, self.eps)
-        split = larger * (size + 1)
-        head = _normalize_equal_groups(x[:split], weight[:larger], bias[:larger], self.eps)
-        tail = _normalize_equal_groups(x[split:], weight[larger:], bias[larger:], self.eps)
-        return torch.cat([head, tail])
+        head = _sub_batch_head(*self._assignment(n, x.device), self.eps)
+        return instance_affine(x, head, self.weight, self.bias)[0]
 
-    def _forward_one_affine(self, x: torch.Tensor, group_size: int) -> torch.Tensor:
-        """Statistics per ``group_size`` consecutive samples (last group: the rest), affine row ``affine_group``."""
-        weight, bias = self.weight[self.affine_group], self.bias[self.affine_group]
-        full, rest = divmod(x.shape[0], group_size)
-        runs = [(x[: full * group_size], full)] if full else []
-        runs += [(x[full * group_size :], 1)] if rest else []
-        parts = [
-            _normalize_equal_groups(part, weight.expand(groups, -1), bias.expand(groups, -1), self.eps)
-            for part, groups in runs
-        ]
-        return torch.cat(parts) if len(parts) > 1 else parts[0]
+    def _assignment(self, n: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sub-batch id of each of the n samples and the affine row of each sub-batch (module docstring)."""
+        if not self.training and self.statistics_group_size is not None:
+            size = self.statistics_group_size
+            groups = torch.arange(n, device=device) // size
+            return groups, torch.full((-(-n // size),), self.affine_group, device=device)
+        count = min(self.num_groups, n)  # equal groups in training; tensor_split's rule in eval
+        size, larger = divmod(n, count)  # the first `larger` groups hold size + 1 samples
+        sample = torch.arange(n, device=device)
+        boundary = larger * (size + 1)
+        groups = torch.where(sample < boundary, sample // (size + 1), larger + (sample - boundary) // size)
+        return groups, torch.arange(count, device=device)
 
     def extra_repr(self) -> str:
         return f"{self.num_features}, num_groups={self.num_groups}, eps={self.eps}"

@@ -34,12 +34,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from robustbench_norm.norms.instance_affine import instance_affine
 from robustbench_norm.norms.registry import register_norm
 from robustbench_norm.norms.standard import (
     check_eps,
     check_input_2d,
     check_momentum,
     check_num_features,
+    update_running_,
 )
 
 
@@ -79,23 +81,42 @@ class SwitchNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input_2d(x, self.num_features, type(self).__name__)
-        var_in, mean_in = torch.var_mean(x, dim=(2, 3), correction=0)  # (N, C)
+        params = (self.mean_weight, self.var_weight, self.weight, self.bias)
+        y, mean_in, var_in = instance_affine(x, self._head, *params)
+        if self.training and x.shape[0] > 0:
+            mean_bn, var_bn = _batch_moments(mean_in, var_in)
+            update_running_(self.running_mean, mean_bn, self.momentum)
+            update_running_(self.running_var, var_bn, self.momentum)
+        return y
+
+    def _head(
+        self,
+        mean_in: torch.Tensor,
+        var_in: torch.Tensor,
+        mean_weight: torch.Tensor,
+        var_weight: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(scale, offset) per (n, c) with y = (x - mu_in) * scale + offset, from the (N, C) IN moments."""
         mean_ln = mean_in.mean(1, keepdim=True)  # (N, 1)
         var_ln = (var_in + (mean_in - mean_ln) ** 2).mean(1, keepdim=True)
         if self.training:
-            mean_bn = mean_in.mean(0)  # (C,)
-            var_bn = (var_in + (mean_in - mean_bn) ** 2).mean(0)
-            with torch.no_grad():
-                self.running_mean.lerp_(mean_bn.detach().to(self.running_mean.dtype), self.momentum)
-                self.running_var.lerp_(var_bn.detach().to(self.running_var.dtype), self.momentum)
+            mean_bn, var_bn = _batch_moments(mean_in, var_in)
         else:
-            mean_bn, var_bn = self.running_mean, self.running_var
-        wm = torch.softmax(self.mean_weight, dim=0)
-        wv = torch.softmax(self.var_weight, dim=0)
+            mean_bn, var_bn = self.running_mean.to(mean_in.dtype), self.running_var.to(var_in.dtype)
+        wm = torch.softmax(mean_weight, dim=0)
+        wv = torch.softmax(var_weight, dim=0)
         mean = wm[0] * mean_in + wm[1] * mean_ln + wm[2] * mean_bn
         var = wv[0] * var_in + wv[1] * var_ln + wv[2] * var_bn
-        x_hat = (x - mean[:, :, None, None]) * torch.rsqrt(var[:, :, None, None] + self.eps)
-        return x_hat * self.weight[:, None, None] + self.bias[:, None, None]
+        scale = weight * torch.rsqrt(var + self.eps)
+        return scale, bias + (mean_in - mean) * scale
 
     def extra_repr(self) -> str:
         return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}"
+
+
+def _batch_moments(mean_in: torch.Tensor, var_in: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """BN mean and biased variance per channel (C,) from the (N, C) IN moments (law of total variance)."""
+    mean_bn = mean_in.mean(0)
+    return mean_bn, (var_in + (mean_in - mean_bn) ** 2).mean(0)

@@ -1,0 +1,139 @@
+"""One fused kernel for the layers whose output is an affine map of x per sample and channel.
+
+Switchable Norm, LocalNorm and the three ILM Norms all compute
+
+    y[n, c, h, w] = (x[n, c, h, w] - m[n, c]) * scale[n, c] + offset[n, c],
+
+where m and v are the mean and biased variance of x[n, c] over (H, W) ("instance statistics") and
+``(scale, offset) = head(m, v, *params)`` is a small differentiable function on (N, C) tensors: every
+statistic these layers mix (layer, group, sub-batch or batch moments) follows exactly from m and v by the
+law of total variance, since every (n, c) has the same H * W values. :func:`instance_affine` evaluates this
+with a constant number of whole-tensor ops, whatever N, H and W:
+
+* forward: one instance standardisation x_hat = (x - m) / s (PyTorch's fused GroupNorm kernel with C
+  groups, which also yields m and 1 / s; s = sqrt(v + tiny) with ``tiny`` the dtype's smallest normal
+  number, so a constant instance gives x_hat = 0), then ``y = x_hat * (s * scale) + offset`` in place;
+* backward (written out): with dL/dscale = s * sum_hw dy * x_hat and dL/doffset = sum_hw dy from one fused
+  reduction, autograd through ``head`` gives dL/dm and dL/dv, and
+
+      dL/dx = dy * scale + (dL/dm - scale * sum_hw dy) / (H W) + dL/dv * 2 (x - m) / (H W),
+
+  written as ``dy * scale + x * P + Q`` with P, Q per (n, c) (two passes over the map).
+
+Time is O(NCHW) with about the memory traffic of two GroupNorms; the head costs O(NC) whatever it mixes.
+float16 / bfloat16 input is computed in float32 and the output cast back. The backward pass is not twice
+differentiable.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+Head = Callable[..., tuple[Tensor, Tensor]]
+"""``head(mean, var, *params) -> (scale, offset)``, all statistics and results of shape (N, C)."""
+
+_COMPUTE_DTYPES = (torch.float32, torch.float64)
+
+
+def _flat(t: Tensor) -> Tensor:
+    """(N, C, H, W) -> (1, N * C, H * W): one GroupNorm "channel" per instance."""
+    n, c, h, w = t.shape
+    return t.view(1, n * c, h * w)
+
+
+def _standardize(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """(x_hat, mean, rstd) of the instances of contiguous ``x`` (N, C, H, W); mean and rstd (N, C)."""
+    n, c, h, w = x.shape
+    tiny = torch.finfo(x.dtype).tiny
+    x_hat, mean, rstd = torch.ops.aten.native_group_norm(_flat(x), None, None, 1, n * c, h * w, n * c, tiny)
+    return x_hat.view(x.shape), mean.view(n, c), rstd.view(n, c)
+
+
+def _variance(rstd: Tensor) -> Tensor:
+    """v from rstd = 1 / sqrt(v + tiny)."""
+    return (rstd.reciprocal().square() - torch.finfo(rstd.dtype).tiny).clamp_min(0.0)
+
+
+def _per_map(t: Tensor) -> Tensor:
+    """(N, C) -> (N, C, 1, 1)."""
+    return t[:, :, None, None]
+
+
+class _InstanceAffine(torch.autograd.Function):
+    """y = (x - m) * scale + offset, (scale, offset) = head(m, v, *params); returns (y, m, v)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, head: Head, *params: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        x_hat, mean, rstd = _standardize(x)
+        var = _variance(rstd)
+        needs = (True, True, *ctx.needs_input_grad[2:])
+        with torch.enable_grad():
+            leaves = [t.detach().requires_grad_(need) for t, need in zip((mean, var, *params), needs)]
+            scale, offset = head(*leaves)
+        y = x_hat.mul_(_per_map(scale.detach() / rstd)).add_(_per_map(offset.detach()))
+        ctx.save_for_backward(x, mean, rstd)
+        ctx.graph = (leaves, scale, offset)
+        ctx.mark_non_differentiable(mean, var)
+        return y, mean, var
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad_y: Tensor, _mean: Tensor, _var: Tensor) -> tuple[Tensor | None, ...]:
+        x, mean, rstd = ctx.saved_tensors
+        leaves, scale, offset = ctx.graph
+        n, c, h, w = x.shape
+        grad_y = grad_y.contiguous()
+        ones = x.new_ones(n * c)
+        _, grad_x_hat_dot, grad_sum = torch.ops.aten.native_group_norm_backward(
+            _flat(grad_y), _flat(x), mean.view(1, -1), rstd.view(1, -1), ones, 1, n * c, h * w, n * c,
+            [False, True, True],
+        )
+        grad_scale = grad_x_hat_dot.view(n, c) / rstd  # sum_hw dy * (x - m)
+        grad_sum = grad_sum.view(n, c)
+        wanted = [leaf for leaf in leaves if leaf.requires_grad]
+        grads = iter(torch.autograd.grad(
+            (scale, offset), wanted, (grad_scale, grad_sum), allow_unused=True, retain_graph=True
+        ))
+        found = [next(grads) if leaf.requires_grad else None for leaf in leaves]
+        grad_params = found[2:]
+        grad_x = None
+        if ctx.needs_input_grad[0]:
+            grad_mean, grad_var = (g if g is not None else torch.zeros_like(mean) for g in found[:2])
+            count = h * w
+            scale = scale.detach()
+            p = grad_var * (2.0 / count)
+            q = (grad_mean - scale * grad_sum) / count - p * mean
+            grad_x = (x * _per_map(p)).add_(_per_map(q)).addcmul_(grad_y, _per_map(scale))
+        return (grad_x, None, *grad_params)
+
+
+def instance_affine(x: Tensor, head: Head, *params: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``y = (x - m) * scale + offset`` with ``(scale, offset) = head(m, v, *params)``; returns (y, m, v).
+
+    ``x`` is (N, C, H, W) with H * W >= 1; m and v (returned detached, for running estimates) are the mean
+    and biased variance of each x[n, c] over (H, W), shape (N, C), in the compute dtype (float32 for
+    float16 / bfloat16 input). ``head`` must be a differentiable function of its arguments made of ops on
+    (N, C)-sized tensors; ``params`` are the tensors (parameters) it reads, passed here so that they get
+    gradients. y has the dtype of x. An empty batch (N = 0) gives an empty y, m and v without calling
+    ``head``.
+    """
+    if x.shape[2] * x.shape[3] == 0:
+        raise ValueError(f"instance statistics need H, W >= 1, got input of shape {tuple(x.shape)}")
+    dtype = x.dtype if x.dtype in _COMPUTE_DTYPES else torch.float32
+    xc = x.to(dtype).contiguous()
+    params = tuple(p.to(dtype) for p in params)
+    if x.shape[0] == 0:
+        empty = xc.new_zeros(0, x.shape[1])
+        return x.clone(), empty, empty
+    if torch.is_grad_enabled() and (xc.requires_grad or any(p.requires_grad for p in params)):
+        y, mean, var = _InstanceAffine.apply(xc, head, *params)
+    else:
+        x_hat, mean, rstd = _standardize(xc)
+        var = _variance(rstd)
+        scale, offset = head(mean, var, *params)
+        y = x_hat.mul_(_per_map(scale / rstd)).add_(_per_map(offset))
+    return y.to(x.dtype), mean, var
