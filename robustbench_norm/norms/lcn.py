@@ -16,28 +16,30 @@ Hence ``p >= H`` makes every window span all rows, ``p >= H and q >= W`` is exac
 groups, with g = 1 InstanceNorm and with g = C LayerNorm (GroupNorm with one group). Statistics are per
 sample: the layer is batch independent, has no buffers, and train and eval mode compute the same.
 
-Cost. Window sums come from prefix sums (summed-area tables, as the paper proposes), one axis at a time:
-the H - P + 1 distinct row windows are differences of a prefix sum over rows, the border pixels repeat the
-first or last one (replicate padding), and likewise over columns. Time and memory are O(N C H W) for any
-window; per pixel and group the layer keeps (mean, 1/std) for the backward pass, as much memory as the
+Cost. Window sums are formed one axis at a time on the per-pixel group sums: the H - P + 1 distinct row
+windows, then the border pixels repeat the first or last one (replicate padding), and likewise over
+columns. Windows of more than ``_DIRECT_WINDOW`` pixels take differences of a prefix sum (summed-area
+tables, as the paper proposes), shorter ones add their shifted slices. Time and memory are O(N C H W) for
+any window; per pixel and group the layer keeps (mean, 1/std) for the backward pass, as much memory as the
 input when g = 2. The backward pass is written out (custom autograd function, not twice differentiable):
 with a_i, b_i formed per pixel from the output gradient, the input gradient needs two adjoint window sums,
 each pixel collecting the values of the outputs whose windows contain it; with clamped windows that is a
 difference of prefix sums whose index saturates at the border (all border outputs share the edge window),
-see :func:`_adjoint_sums`. The work runs in batch chunks of about ``_CHUNK_ELEMENTS`` input values, with
-scratch buffers reused across chunks and calls (:class:`_Workspace`).
+see :func:`_adjoint_sums`. Every step is one whole-tensor op over the batch (no loop over rows, samples or
+chunks), so a forward + backward issues a fixed number of ATen ops for a given window, whatever N, H and W
+(about 140 for g = 2 and a 7 x 7 window; GroupNorm issues about 10). Nothing is kept between calls.
 
 Numerics. A single-pass variance from float32 window sums cancels catastrophically: the running sums grow
 with the map, and with an offset of +100 the authors' float32 code gets the variance of small windows
 wrong by orders of magnitude. Here each (sample, group) is first shifted by its mean; the per-pixel group
-sums s1 = sum_c x_c and s2 = sum_c x_c^2 are formed in the input dtype, and their prefix sums, window sums
-and differences in float64, so the window sums carry no error from the size of the map; mean and variance
-are then formed in the input dtype. A 1 x 1 window takes its variance directly as sum_c (x_c - mu)^2 / g.
-For float32 input with an offset of +100 the output agrees with a float64 evaluation of the same input to
-about 1e-4 for every window size tested (1 x 1 up to the whole map). The backward window sums act on
-gradient terms without an offset and run in the input dtype (the float32 input gradient then agrees with
-the float64 one to about 1e-5 relative). float16 / bfloat16 input is computed in float32 and the output
-cast back.
+sums s1 = sum_c x_c and s2 = sum_c x_c^2, their window sums and the mean and variance are formed in the
+input dtype. The error a prefix-sum difference carries grows with |prefix| / |window sum|, about map /
+window, which is why windows of up to ``_DIRECT_WINDOW`` pixels are summed directly. A 1 x 1 window takes
+its variance directly as sum_c (x_c - mu)^2 / g. For float32 input with an offset of +100 the output
+agrees with a float64 evaluation of the same input to about 2e-5 (at most 1e-4) for every window tested,
+1 x 1 up to the whole map, on maps up to 224 x 224. The backward window sums act on gradient terms without
+an offset (the float32 input gradient agrees with the float64 one to about 1e-5 relative). float16 /
+bfloat16 input is computed in float32 and the output cast back.
 
 Differences from the authors' code (anthonymlortiz/lcn): the statistics are not detached (full gradient),
 no pixel is left out (their integral image skips row 0 and column 0), odd windows are centred (theirs sit
@@ -49,14 +51,12 @@ Shapes: input and output ``(N, C, H, W)``; ``weight`` and ``bias`` ``(C,)``.
 
 from __future__ import annotations
 
-import functools
 import math
-import threading
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
 from robustbench_norm.norms.registry import register_norm
@@ -68,10 +68,12 @@ from robustbench_norm.norms.standard import (
 
 # The paper's window on ImageNet (section 4.3): p = q = 127 on 224-pixel images, as a fraction of the side.
 PAPER_WINDOW_FRACTION = 127 / 224
-# Input values per batch chunk (4 MB of float32): one chunk's temporaries stay in cache.
-_CHUNK_ELEMENTS = 1 << 20
-# dtype of the prefix sums and window sums (module docstring, "Numerics").
-_SUMS_DTYPE = torch.float64
+# Groups of at most this many channels are summed channel slice by channel slice, which on the CPU is about
+# 3x faster than one reduction over a short middle dimension; larger groups use one reduction (bounded ops).
+_SLICE_CHANNELS = 4
+# Windows up to this length are summed slice by slice; longer ones by prefix sums, whose rounding error grows
+# with |prefix| / |window sum| ~ map / window (module docstring, "Numerics").
+_DIRECT_WINDOW = 5
 # Input dtypes computed as they are; others (float16, bfloat16) are computed in float32.
 _COMPUTE_DTYPES = (torch.float32, torch.float64)
 
@@ -103,45 +105,31 @@ class _Axis:
         """Length of a statistic along the axis: the map size, or 1 (broadcast) for a full window."""
         return 1 if self.full else self.size
 
-
-class _Workspace:
-    """Scratch buffers of one forward or backward call, kept between calls (per thread and device).
-
-    The buffers of one batch chunk (several MB) are reused by every chunk and every later call: fresh
-    allocations of that size cost a page fault per 4 KB page on each call, which on the CPU took longer
-    than the arithmetic. Each named buffer grows to the largest request it has seen, so a thread holds
-    about ten chunk-sized buffers (some 50 MB for 4 MB chunks) per device. Callers must not keep a buffer
-    beyond the call that took it.
-    """
-
-    _local = threading.local()
-
-    def __init__(self, like: torch.Tensor) -> None:
-        self.like = like
-        self.buffers: dict[tuple, torch.Tensor] = self._local.__dict__.setdefault("buffers", {})
-
-    def take(self, name: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
-        """An uninitialised contiguous buffer of ``shape`` and ``dtype``."""
-        numel = math.prod(shape)
-        key = (name, dtype, self.like.device)
-        flat = self.buffers.get(key)
-        if flat is None or flat.numel() < numel:
-            flat = self.like.new_empty(numel, dtype=dtype)
-            self.buffers[key] = flat
-        return flat[:numel].view(shape)
+    @property
+    def block(self) -> slice:
+        """Where the window statistics sit along the axis before the border is filled: the window positions
+        (a full axis: the one statistic; window 1: every pixel)."""
+        if self.full:
+            return slice(0, 1)
+        start = self.before if self.window > 1 else 0
+        return slice(start, start + self.positions)
 
 
-def _group_sum(t: torch.Tensor, out: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
-    """``out = sum_c t[:, :, c] * weight[:, :, c]`` (weight 1 if None) over the channels (dim 2) of a group.
+def _grouped(t: Tensor, groups: int) -> Tensor:
+    """(N, C, H, W) -> (N, G, g, H, W) view."""
+    n, c, h, w = t.shape
+    return t.view(n, groups, c // groups, h, w)
 
-    Adding the channel slices is faster than a reduction over a short middle dimension.
-    """
-    for c in range(t.shape[2]):
+
+def _channel_sum(t: Tensor, out: Tensor, weight: Tensor | None = None) -> Tensor:
+    """``out = sum_c t[:, :, c] * weight[:, :, c]`` (weight 1 if None) over the channels (dim 2) of a group."""
+    per_group = t.shape[2]
+    if per_group > _SLICE_CHANNELS:
+        return torch.sum(t if weight is None else t * weight, 2, out=out)
+    for c in range(per_group):
         term = t.select(2, c)
-        if weight is None and c == 0:
-            out.copy_(term)
-        elif weight is None:
-            out.add_(term)
+        if weight is None:
+            out.copy_(term) if c == 0 else out.add_(term)
         elif c == 0:
             torch.mul(term, weight.select(2, c), out=out)
         else:
@@ -149,50 +137,25 @@ def _group_sum(t: torch.Tensor, out: torch.Tensor, weight: torch.Tensor | None =
     return out
 
 
-@functools.cache
-def _row_block(height: int) -> int:
-    """Block length (about sqrt(height)) that needs the fewest row additions in :func:`_scan_`."""
-    return min(range(1, height + 1), key=lambda b: b + height // b + height % b)
+def _along(t: Tensor, dim: int, part: slice) -> Tensor:
+    """``t[..., part]`` along ``dim`` (-1 or -2)."""
+    return t.narrow(dim, part.start, part.stop - part.start)
 
 
-def _scan_(t: torch.Tensor, dim: int) -> torch.Tensor:
-    """In-place prefix sums of (B, h, w) ``t`` along ``dim``.
-
-    On the CPU, a scan along rows (dim 1) is done by blocks of about sqrt(h) rows: prefix sums inside each
-    block, then of the block ends, then the carries, with row additions vectorised over the columns.
-    PyTorch's CPU ``cumsum`` walks one column at a time there, a chain of dependent additions per column,
-    and is several times slower (much slower again at power-of-two widths).
-    """
-    if dim == t.dim() - 1 or t.device.type != "cpu":
-        return t.cumsum_(dim)
-    height = t.shape[1]
-    block = _row_block(height)
-    count = height // block
-    blocks = t.narrow(1, 0, count * block).unflatten(1, (count, block))
-    for i in range(1, block):
-        blocks.select(2, i).add_(blocks.select(2, i - 1))
-    ends = blocks.select(2, block - 1)
-    for j in range(1, count):
-        ends.select(1, j).add_(ends.select(1, j - 1))
-    if count > 1:
-        blocks.narrow(1, 1, count - 1).narrow(2, 0, block - 1).add_(ends.narrow(1, 0, count - 1).unsqueeze(2))
-    for i in range(count * block, height):
-        t.select(1, i).add_(t.select(1, i - 1))
-    return t
-
-
-def _window_sums(s: torch.Tensor, dim: int, axis: _Axis, ws: _Workspace, name: str) -> torch.Tensor:
-    """Sums over the ``axis.positions`` windows that fit inside the map, along ``dim`` of (B, h, w) ``s``:
-    one prefix sum (in place, so ``s`` is overwritten) and one difference."""
-    if axis.window == 1:
-        return s
+def _window_sums(s: Tensor, dim: int, axis: _Axis, out: Tensor) -> Tensor:
+    """Sums over the ``axis.positions`` windows that fit inside the map, along ``dim`` of ``s``, written into
+    ``out`` (length 1 for a full axis). Windows of up to ``_DIRECT_WINDOW`` pixels add their shifted slices
+    (exact to rounding); longer ones take differences of one prefix sum (made in place, so ``s`` is
+    overwritten), whose rounding error grows with map / window."""
     if axis.full:
-        return s.sum(dim, keepdim=True)
+        return torch.sum(s, dim, keepdim=True, out=out)
     length = axis.positions
-    shape = list(s.shape)
-    shape[dim] = length
-    out = ws.take(name, tuple(shape), s.dtype)
-    prefix = _scan_(s, dim)
+    if axis.window <= _DIRECT_WINDOW:
+        torch.add(s.narrow(dim, 0, length), s.narrow(dim, 1, length), out=out)
+        for offset in range(2, axis.window):
+            out.add_(s.narrow(dim, offset, length))
+        return out
+    prefix = s.cumsum_(dim)
     out.narrow(dim, 0, 1).copy_(prefix.narrow(dim, axis.window - 1, 1))
     torch.sub(
         prefix.narrow(dim, axis.window, length - 1),
@@ -202,41 +165,20 @@ def _window_sums(s: torch.Tensor, dim: int, axis: _Axis, ws: _Workspace, name: s
     return out
 
 
-def _replicate(valid: torch.Tensor, rows: _Axis, cols: _Axis, out: torch.Tensor) -> torch.Tensor:
-    """Statistics of every pixel from those of the window positions: the clamped windows of the border
-    pixels repeat the first/last position (replicate padding). Full axes stay of length 1.
-    """
-    r0, c0 = (0 if rows.full else rows.before), (0 if cols.full else cols.before)
-    r1, c1 = r0 + valid.shape[-2], c0 + valid.shape[-1]
-    out[..., r0:r1, c0:c1].copy_(valid)
-    if r0:
-        out[..., :r0, c0:c1].copy_(out[..., r0 : r0 + 1, c0:c1])
-    if r1 < out.shape[-2]:
-        out[..., r1:, c0:c1].copy_(out[..., r1 - 1 : r1, c0:c1])
-    if c0:
-        out[..., :c0].copy_(out[..., c0 : c0 + 1])
-    if c1 < out.shape[-1]:
-        out[..., c1:].copy_(out[..., c1 - 1 : c1])
-    return out
-
-
-def _adjoint_sums(a: torch.Tensor, dim: int, axis: _Axis, ws: _Workspace, name: str) -> torch.Tensor:
+def _adjoint_sums(a: Tensor, dim: int, axis: _Axis, out: Tensor) -> Tensor:
     """Adjoint of :func:`_window_sums` followed by the replicate padding of the border pixels, along ``dim``
-    of (B, h, w) ``a``: each pixel k gets the sum of ``a`` over the outputs whose window contains k. A full
-    axis comes out of length 1 (the same sum for every pixel).
+    of ``a``, written into ``out``: each pixel k gets the sum of ``a`` over the outputs whose window contains
+    k. A full axis comes out of length 1 (the same sum for every pixel).
 
     Let A be the prefix sums of ``a`` (made in place, so ``a`` is overwritten), P the window and L the
     number of window positions. The outputs before position 0 and after position L - 1 share those windows
     (clamping), so pixel k collects ``A[b + k]`` (b = ``axis.before``; all outputs, the last A, when
     k >= L - 1) minus ``A[b + k - P]`` (the outputs whose window ended before k; none when k < P).
     """
-    if axis.window == 1:
-        return a
     if axis.full:
-        return a.sum(dim, keepdim=True)
+        return torch.sum(a, dim, keepdim=True, out=out)
     size, window, length, before = axis.size, axis.window, axis.positions, axis.before
-    out = ws.take(name, tuple(a.shape), a.dtype)
-    prefix = _scan_(a, dim)
+    prefix = a.cumsum_(dim)
     total = prefix.narrow(dim, size - 1, 1)
     head = min(window, length - 1)
     out.narrow(dim, 0, head).copy_(prefix.narrow(dim, before, head))
@@ -256,62 +198,73 @@ def _adjoint_sums(a: torch.Tensor, dim: int, axis: _Axis, ws: _Workspace, name: 
     return out
 
 
-def _chunks(batch: int, per_sample: int) -> list[tuple[int, int]]:
-    """(start, stop) sample ranges of about ``_CHUNK_ELEMENTS`` values each, the largest first."""
-    step = max(1, _CHUNK_ELEMENTS // max(per_sample, 1))
-    return [(i, min(i + step, batch)) for i in range(0, batch, step)]
+def _box_sums(planes: Tensor, rows: _Axis, cols: _Axis) -> tuple[Tensor, Tensor]:
+    """Window sums over rows x cols of ``planes`` (..., H, W), one axis at a time, alternating between
+    ``planes`` (overwritten) and one spare buffer of its size. Returns (buffer, block view): the sums lie in
+    ``buffer[..., rows.block, cols.block]``."""
+    buffers = [planes, torch.empty_like(planes)]
+    source = planes
+    for dim, axis, region in ((-1, cols, (slice(None), cols.block)), (-2, rows, (rows.block, cols.block))):
+        if axis.window == 1:
+            continue
+        target = buffers[1] if source is buffers[0] else buffers[0]
+        block = target[..., region[0], region[1]]
+        _window_sums(source[..., :, cols.block] if dim == -2 else source, dim, axis, block)
+        source = target
+    return source, source[..., rows.block, cols.block]
 
 
-def _statistics(
-    xs: torch.Tensor, rows: _Axis, cols: _Axis, eps: float, ws: _Workspace, out: torch.Tensor
-) -> None:
-    """Window mean and 1 / sqrt(var + eps) of the shifted input ``xs`` (n, G, g, H, W) into ``out``
-    (n, 2, G, H or 1, W or 1).
+def _replicate_(buffer: Tensor, rows: _Axis, cols: _Axis) -> Tensor:
+    """Fill the border of ``buffer[..., :H or 1, :W or 1]`` around the block of window statistics by
+    repeating its edge rows and columns (the clamped windows of border pixels), in place; returns that view."""
+    stats = buffer[..., : rows.out_size, : cols.out_size]
+    r0, r1, c0, c1 = rows.block.start, rows.block.stop, cols.block.start, cols.block.stop
+    if r0:
+        stats[..., :r0, c0:c1].copy_(stats[..., r0 : r0 + 1, c0:c1])
+    if r1 < stats.shape[-2]:
+        stats[..., r1:, c0:c1].copy_(stats[..., r1 - 1 : r1, c0:c1])
+    if c0:
+        stats[..., :c0].copy_(stats[..., c0 : c0 + 1])
+    if c1 < stats.shape[-1]:
+        stats[..., c1:].copy_(stats[..., c1 - 1 : c1])
+    return stats
 
-    The per-pixel group sums s1 = sum_c x_c and s2 = sum_c x_c^2 are formed in the input dtype; their
-    prefix sums and window sums are float64, so the window sums carry no error from the size of the map.
+
+def _statistics(xs: Tensor, rows: _Axis, cols: _Axis, eps: float) -> Tensor:
+    """Window mean and 1 / sqrt(var + eps) of the shifted input ``xs`` (N, G, g, H, W), stacked as
+    (2, N, G, H or 1, W or 1).
+
+    The per-pixel group sums s1 = sum_c x_c and s2 = sum_c x_c^2 and their window sums are formed in the
+    dtype of ``xs``; the border pixels then repeat the statistics of the edge windows (replicate padding).
     A 1 x 1 window needs no window sums: its variance is formed directly as sum_c (x_c - mean)^2 / g.
     """
     n, groups, per_group, height, width = xs.shape
-    planes = ws.take("planes", (n, 2, groups, height, width), xs.dtype)
-    _group_sum(xs, planes[:, 0])
+    planes = xs.new_empty(2, n, groups, height, width)
     if rows.window * cols.window == 1:
-        mean = planes[:, 0].div_(per_group)
-        deviation = ws.take("deviation", xs.shape, xs.dtype)
-        torch.sub(xs, mean.unsqueeze(2), out=deviation)
-        _group_sum(deviation, planes[:, 1], weight=deviation).div_(per_group).add_(eps).rsqrt_()
-        out.copy_(planes)
-        return
-    _group_sum(xs, planes[:, 1], weight=xs)
-    wide = ws.take("wide", (n * 2 * groups, height, width), _SUMS_DTYPE)
-    wide.copy_(planes.view(-1, height, width))
-    sums = _window_sums(_window_sums(wide, 2, cols, ws, "by_cols"), 1, rows, ws, "by_rows")
-    valid = ws.take("valid", (n, 2, groups, *sums.shape[-2:]), xs.dtype)
-    valid.copy_(sums.view(valid.shape)).mul_(1.0 / (per_group * rows.window * cols.window))
-    valid[:, 1].addcmul_(valid[:, 0], valid[:, 0], value=-1.0).clamp_min_(0.0).add_(eps).rsqrt_()
-    _replicate(valid, rows, cols, out)
-
-
-def _normalize(xs: torch.Tensor, stats: torch.Tensor, ws: _Workspace) -> torch.Tensor:
-    """x_hat = (xs - mean) * rstd, written over ``xs`` in one pass as ``xs * rstd - mean * rstd``."""
-    mean, rstd = stats[:, 0], stats[:, 1]
-    offset = torch.mul(mean, rstd, out=ws.take("offset", mean.shape, mean.dtype)).neg_()
-    return torch.addcmul(offset.unsqueeze(2), xs, rstd.unsqueeze(2), out=xs)
+        mean = _channel_sum(xs, planes[0]).div_(per_group)
+        deviation = xs.sub_(mean.unsqueeze(2))  # xs becomes x - mean, which the caller normalises
+        _channel_sum(deviation, planes[1], weight=deviation).div_(per_group).add_(eps).rsqrt_()
+        return planes
+    _channel_sum(xs, planes[0])
+    _channel_sum(xs, planes[1], weight=xs)
+    buffer, block = _box_sums(planes, rows, cols)
+    block.div_(per_group * rows.window * cols.window)
+    block[1].addcmul_(block[0], block[0], value=-1.0).clamp_min_(0.0).add_(eps).rsqrt_()
+    stats = _replicate_(buffer, rows, cols)
+    xs.sub_(stats[0].unsqueeze(2))
+    return stats
 
 
 def _input_grad(
-    grad_y: torch.Tensor,
-    x_hat: torch.Tensor,
-    product: torch.Tensor,
-    weight: torch.Tensor | None,
-    stats: torch.Tensor,
+    grad_y: Tensor,
+    x_hat: Tensor,
+    product: Tensor,
+    weight: Tensor | None,
+    stats: Tensor,
     rows: _Axis,
     cols: _Axis,
-    ws: _Workspace,
-    out: torch.Tensor,
-) -> None:
-    """Write dL/dx into ``out`` for one chunk (all (n, G, g, H, W), ``product = grad_y * x_hat``;
-    ``weight`` (1, G, g, 1, 1)).
+) -> Tensor:
+    """dL/dx (N, G, g, H, W), written over ``product = grad_y * x_hat``; ``weight`` (1, G, g, 1, 1).
 
     With g_hat = dL/dx_hat = grad_y * weight, m = g * P * Q and, per pixel i,
     a_i = rstd_i / m * sum_group g_hat_i and b_i = rstd_i^2 / m * sum_group g_hat_i * x_hat_i, the chain rule
@@ -320,92 +273,68 @@ def _input_grad(
     sums A = adj(a - b * mu) and B = adj(b):  S = -B / rstd,  T = -(A + mu * B).
     """
     n, groups, per_group, height, width = grad_y.shape
-    mean, rstd = stats[:, 0], stats[:, 1]
-    terms = ws.take("terms", (n, 2, groups, height, width), grad_y.dtype)
-    _group_sum(grad_y, terms[:, 0], weight)
-    _group_sum(product, terms[:, 1], weight)
-    count = per_group * rows.window * cols.window
-    scale = torch.mul(rstd, 1.0 / count, out=ws.take("scale", rstd.shape, rstd.dtype))
-    terms[:, 1].mul_(scale).mul_(rstd)
-    terms[:, 0].mul_(scale).addcmul_(terms[:, 1], mean, value=-1.0)
-    flat = terms.view(-1, height, width)
-    sums = _adjoint_sums(_adjoint_sums(flat, 2, cols, ws, "by_cols"), 1, rows, ws, "by_rows")
-    adjoint = sums.view(n, 2, groups, *sums.shape[-2:])
-    offset = adjoint[:, 0].addcmul_(mean, adjoint[:, 1]).neg_()
-    scale_x_hat = adjoint[:, 1].div_(rstd).neg_()
-    if weight is None:
-        torch.mul(grad_y, rstd.unsqueeze(2), out=out)
-    else:
-        torch.mul(grad_y, weight, out=out).mul_(rstd.unsqueeze(2))
-    out.addcmul_(x_hat, scale_x_hat.unsqueeze(2)).add_(offset.unsqueeze(2))
+    mean, rstd = stats[0], stats[1]
+    terms = grad_y.new_empty(2, n, groups, height, width)
+    _channel_sum(grad_y, terms[0], weight)
+    _channel_sum(product, terms[1], weight)
+    scale = rstd / (per_group * rows.window * cols.window)
+    terms[1].mul_(scale).mul_(rstd)
+    terms[0].mul_(scale).addcmul_(terms[1], mean, value=-1.0)
+    adjoint = terms
+    if rows.window * cols.window > 1:
+        spare = torch.empty_like(terms)
+        by_cols = terms if cols.window == 1 else _adjoint_sums(terms, -1, cols, spare[..., : cols.out_size])
+        target = terms if by_cols is not terms else spare
+        by_rows = target[..., : rows.out_size, : cols.out_size]
+        adjoint = by_cols if rows.window == 1 else _adjoint_sums(by_cols, -2, rows, by_rows)
+    offset = adjoint[0].addcmul_(mean, adjoint[1]).neg_()
+    scale_x_hat = adjoint[1].div_(rstd).neg_()
+    grad_x = torch.mul(grad_y, rstd.unsqueeze(2), out=product)
+    if weight is not None:
+        grad_x.mul_(weight)
+    return grad_x.addcmul_(x_hat, scale_x_hat.unsqueeze(2)).add_(offset.unsqueeze(2))
 
 
 class _LocalContextNormFunction(torch.autograd.Function):
-    """y = (x - mu) * rstd * weight + bias with window statistics; explicit, chunked backward."""
+    """y = (x - mu) * rstd * weight + bias with window statistics; explicit backward."""
 
     @staticmethod
     def forward(
         ctx: Any,
-        x: torch.Tensor,
-        weight: torch.Tensor | None,
-        bias: torch.Tensor | None,
+        x: Tensor,
+        weight: Tensor | None,
+        bias: Tensor | None,
         groups: int,
         rows: _Axis,
         cols: _Axis,
         eps: float,
-    ) -> torch.Tensor:
-        batch, channels, height, width = x.shape
-        shape5 = (groups, channels // groups, height, width)
-        w5 = None if weight is None else weight.view(1, *shape5[:2], 1, 1)
-        b5 = None if bias is None else bias.view(1, *shape5[:2], 1, 1)
-        y = torch.empty_like(x)
-        shifts = x.new_empty(batch, groups, 1, 1, 1)
-        stats = x.new_empty(batch, 2, groups, rows.out_size, cols.out_size)
-        ws = _Workspace(x)
-        for start, stop in _chunks(batch, channels * height * width):
-            xv = x[start:stop].view(-1, *shape5)
-            shift = torch.mean(xv, dim=(2, 3, 4), keepdim=True, out=shifts[start:stop])
-            xs = torch.sub(xv, shift, out=ws.take("xs", xv.shape, x.dtype))
-            _statistics(xs, rows, cols, eps, ws, stats[start:stop])
-            x_hat = _normalize(xs, stats[start:stop], ws)
-            out = y[start:stop].view_as(xv)
-            if w5 is None:
-                out.copy_(x_hat)
-            else:
-                torch.mul(x_hat, w5, out=out).add_(b5)
-        ctx.save_for_backward(x, weight, shifts, stats)
+    ) -> Tensor:
+        xv = _grouped(x, groups)
+        shift = xv.mean((2, 3, 4), keepdim=True)
+        xs = xv - shift
+        stats = _statistics(xs, rows, cols, eps)  # leaves x - shift - mean in xs
+        y = xs.mul_(stats[1].unsqueeze(2))
+        if weight is not None:
+            y.mul_(weight.view(1, groups, -1, 1, 1)).add_(bias.view(1, groups, -1, 1, 1))
+        ctx.save_for_backward(x, weight, shift, stats)
         ctx.setup = (groups, rows, cols)
-        return y
+        return y.view(x.shape)
 
     @staticmethod
     @once_differentiable
-    def backward(ctx: Any, grad_y: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        x, weight, shifts, stats = ctx.saved_tensors
+    def backward(ctx: Any, grad_y: Tensor) -> tuple[Tensor | None, ...]:
+        x, weight, shift, stats = ctx.saved_tensors
         groups, rows, cols = ctx.setup
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
-        batch, channels, height, width = x.shape
-        shape5 = (groups, channels // groups, height, width)
-        w5 = None if weight is None else weight.view(1, *shape5[:2], 1, 1)
-        grad_y = grad_y.contiguous()
-        grad_x = torch.empty_like(x) if need_x else None
-        grad_w = x.new_zeros(shape5[:2]) if need_w else None
-        grad_b = x.new_zeros(shape5[:2]) if need_b else None
-        ws = _Workspace(x)
-        for start, stop in _chunks(batch, channels * height * width):
-            xv = x[start:stop].view(-1, *shape5)
-            gy = grad_y[start:stop].view_as(xv)
-            xs = torch.sub(xv, shifts[start:stop], out=ws.take("xs", xv.shape, x.dtype))
-            x_hat = _normalize(xs, stats[start:stop], ws)
-            product = torch.mul(gy, x_hat, out=ws.take("product", xv.shape, x.dtype))
-            if need_w:
-                grad_w += product.sum(dim=(0, 3, 4))
-            if need_b:
-                grad_b += gy.sum(dim=(0, 3, 4))
-            if need_x:
-                out = grad_x[start:stop].view_as(xv)
-                _input_grad(gy, x_hat, product, w5, stats[start:stop], rows, cols, ws, out)
-        grad_w = None if grad_w is None else grad_w.view(-1)
-        grad_b = None if grad_b is None else grad_b.view(-1)
+        x_hat = (_grouped(x, groups) - shift).sub_(stats[0].unsqueeze(2)).mul_(stats[1].unsqueeze(2))
+        grad_y = _grouped(grad_y.contiguous(), groups)
+        product = grad_y * x_hat
+        grad_w = product.sum((0, 3, 4)).view(-1) if need_w else None
+        grad_b = grad_y.sum((0, 3, 4)).view(-1) if need_b else None
+        grad_x = None
+        if need_x:
+            w5 = None if weight is None else weight.view(1, groups, -1, 1, 1)
+            grad_x = _input_grad(grad_y, x_hat, product, w5, stats, rows, cols).view(x.shape)
         return grad_x, grad_w, grad_b, None, None, None, None
 
 
@@ -511,6 +440,8 @@ class LocalContextNorm(nn.Module):
         height, width = x.shape[-2:]
         if height == 0 or width == 0:
             raise ValueError(f"{type(self).__name__} needs H, W >= 1, got input of shape {tuple(x.shape)}")
+        if x.shape[0] == 0:
+            return x.clone()  # an empty batch: nothing to normalise
         p, q = self.window_for(height, width)
         rows = _Axis(height, min(p, height))
         cols = _Axis(width, min(q, width))
