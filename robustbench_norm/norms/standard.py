@@ -113,9 +113,23 @@ class BatchNorm(nn.BatchNorm2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input_2d(x, self.num_features, type(self).__name__)
-        if self.training or not self.test_batch_stats:
+        if self.training:
+            return self._train_forward(x)
+        if not self.test_batch_stats:
             return super().forward(x)
         return F.batch_norm(x, None, None, self.weight, self.bias, training=True, momentum=0.0, eps=self.eps)
+
+    def _train_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``nn.BatchNorm2d``'s training step, with the running estimates updated on copies that replace them
+        where they are finite: a batch with NaN or inf leaves them as they were, so later evaluations stay
+        finite."""
+        updated = (self.running_mean.clone(), self.running_var.clone())
+        y = F.batch_norm(x, *updated, self.weight, self.bias, training=True, momentum=self.momentum, eps=self.eps)
+        self.num_batches_tracked.add_(1)
+        with torch.no_grad():
+            for running, new in zip((self.running_mean, self.running_var), updated):
+                running.copy_(torch.where(torch.isfinite(new), new, running))
+        return y
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, test_batch_stats={self.test_batch_stats}"
@@ -227,8 +241,15 @@ class InstanceNorm(nn.InstanceNorm2d):
         super().__init__(num_features, eps=eps, affine=True, track_running_stats=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """GroupNorm's fused kernel with one group per channel (the same formula as ``F.instance_norm``,
+        several times faster on the CPU); an empty batch gives an empty output."""
         check_input_2d(x, self.num_features, type(self).__name__)
-        return super().forward(x)
+        if x.shape[2] * x.shape[3] == 1:
+            raise ValueError(
+                f"{type(self).__name__} needs more than 1 spatial element (H * W > 1: one value per statistic "
+                f"leaves nothing to normalise), got input of shape {tuple(x.shape)}"
+            )
+        return F.group_norm(x, self.num_features, self.weight, self.bias, self.eps)
 
 
 @register_norm(
