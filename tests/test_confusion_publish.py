@@ -1,4 +1,4 @@
-"""Confusion matrices, prediction entropy (collapse), their files, and publishing of result tables."""
+"""Confusion matrices, prediction entropy (collapse) and their files (publishing: tests/test_publish_*.py)."""
 
 from __future__ import annotations
 
@@ -15,9 +15,6 @@ from robustbench_norm.results.confusion import (
     prediction_entropy,
     save_confusion,
 )
-from robustbench_norm.results.publish import publish
-from robustbench_norm.results.rows import ResultRow
-from robustbench_norm.results.store import ResultStore
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -80,59 +77,15 @@ def test_save_confusion_writes_csv_and_small_png(tmp_path):
     assert list(table.index) == ["a", "b", "c"] and list(table.columns) == ["a", "b", "c"]
     np.testing.assert_array_equal(table.to_numpy(), matrix)  # rows = true class, columns = predicted
     data = png_path.read_bytes()
-    assert data.startswith(PNG_MAGIC) and len(data) < 60_000
+    assert data.startswith(PNG_MAGIC) and len(data) < 30_000
     width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
-    assert (width, height) == (240, 240)
+    assert 250 <= height < width < 600  # a square heatmap and its colour bar to the right
+    big = np.eye(20, dtype=np.int64) * 5
+    _, big_png = save_confusion(big, stem.with_name("big"), "twenty classes", class_names=[f"c{i}" for i in range(20)])
+    big_data = big_png.read_bytes()
+    assert int.from_bytes(big_data[20:24], "big") > height  # the figure grows with the number of classes
+    assert save_confusion(matrix, stem, "noise bn agn 0.5", class_names=["a", "b", "c"])[1].read_bytes() == data
     with pytest.raises(ValueError, match="square"):
         save_confusion(np.zeros((2, 3), dtype=int), stem, "bad")
     with pytest.raises(ValueError, match="class_names"):
         save_confusion(matrix, stem, "bad", class_names=["a"])
-
-
-# -- publish --------------------------------------------------------------------------------------------
-
-
-def row(**fields) -> ResultRow:
-    base = dict(scenario="noise", profile="quick", dataset="digits", model="quick_cnn", norm="batchnorm",
-                norm_kwargs={}, variant="standard", eval_mode="running_stats", corruption="agn",
-                severity=0.0, train_batch_size=64, seed=0, metric="accuracy", value=0.9, n_examples=50,
-                device="cpu", versions="v", git_commit="c", checkpoint_hash="h", wall_seconds=0.1)
-    return ResultRow(**{**base, **fields})
-
-
-def tiny_results(root) -> None:
-    rows = [row(norm=norm, eval_mode=mode, corruption=corruption, severity=severity, seed=seed,
-                value=0.9 - severity * drop - 0.01 * seed)
-            for norm, mode, drop in (("batchnorm", "running_stats", 0.4), ("localnorm", "batch", 0.1))
-            for corruption in ("agn", "mbn") for severity in (0.0, 0.5, 1.0) for seed in (0, 1)]
-    rows += [row(scenario="batch_size", norm=norm, eval_mode="standard", corruption="none",
-                 train_batch_size=batch, value=0.8 - 0.01 * batch / 8, seed=0)
-             for norm in ("groupnorm", "lcn") for batch in (2, 8, 32)]
-    ResultStore(root).write(rows)
-
-
-def test_publish_writes_markdown_html_and_plots_idempotently(tmp_path):
-    tiny_results(tmp_path)
-    written = publish(tmp_path)
-    tables = tmp_path / "quick" / "tables"
-    assert sorted(p.name for p in written) == sorted(p.name for p in tables.iterdir()) == [
-        "batch_size.html", "batch_size.md", "batch_size_batch_size.png",
-        "noise.html", "noise.md", "noise_agn.png", "noise_mbn.png"]
-    markdown = (tables / "noise.md").read_text()
-    assert "| batchnorm | running_stats | 89.5 ± 0.5 (2) |" in markdown  # clean accuracy, 2 seeds
-    assert "![noise_agn.png](noise_agn.png)" in markdown
-    page = (tables / "noise.html").read_text()
-    assert page.startswith("<!DOCTYPE html>") and "<table" in page and "±" in page
-    assert "<script" not in page and "http" not in page
-    assert all((tables / name).read_bytes().startswith(PNG_MAGIC) for name in ("noise_agn.png", "noise_mbn.png"))
-    before = {p.name: p.read_bytes() for p in tables.iterdir()}
-    publish(tmp_path)
-    assert {p.name: p.read_bytes() for p in tables.iterdir()} == before
-
-
-def test_publish_to_out_dir_and_empty_results(tmp_path):
-    assert publish(tmp_path / "results") == []
-    tiny_results(tmp_path / "results")
-    written = publish(tmp_path / "results", tmp_path / "site")
-    assert all(p.parent == tmp_path / "site" / "quick" for p in written)
-    assert not (tmp_path / "results" / "quick" / "tables").exists()

@@ -12,13 +12,13 @@ in [0, 1]: 1 = predictions spread uniformly over the K classes, 0 = every predic
 
 Files: ``<results_dir>/<profile>/confusion/<scenario>/<norm>__<variant>__<eval_mode>__<corruption>__<severity>``
 ``.csv|.png`` (:func:`confusion_path`); CSV rows = true class, columns = predicted class; the PNG is a
-240 x 240 px heatmap (4 x 4 in at 60 dpi), colours normalised per row (the fraction of each true class
-sent to each prediction), counts printed in the cells when K <= 12, H_norm in the title.
+heatmap with a colour bar, colours normalised per row (the fraction of each true class sent to each
+prediction), class names on both axes, counts printed in the cells when K <= 20, H_norm in the title.
+The figure grows with K (about 0.28 in per class at 80 dpi, at least 3.6 in, at most 9 in).
 """
 
 from __future__ import annotations
 
-import io
 import math
 import zlib
 from pathlib import Path
@@ -32,12 +32,16 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from robustbench_norm.atomic import atomic_write  # noqa: E402
+from robustbench_norm.results.png import figure_png  # noqa: E402
 from robustbench_norm.results.rows import canonical_kwargs  # noqa: E402
 from robustbench_norm.results.store import check_name  # noqa: E402
 
-ANNOTATE_MAX_CLASSES = 12
-FIGURE_INCHES = 4.0
-FIGURE_DPI = 60
+ANNOTATE_MAX_CLASSES = 20
+MAX_TICKED_CLASSES = 40
+FIGURE_INCHES = 3.6  # heatmap side for few classes; grows by CELL_INCHES per class up to MAX_INCHES
+CELL_INCHES = 0.28
+MAX_INCHES = 9.0
+FIGURE_DPI = 80
 
 
 def _as_labels(name: str, values: object, num_classes: int) -> np.ndarray:
@@ -130,34 +134,36 @@ def save_confusion(matrix: np.ndarray, path_stem: Path | str, title: str,
     csv_path, png_path = stem.with_name(stem.name + ".csv"), stem.with_name(stem.name + ".png")
     table = pd.DataFrame(matrix, index=pd.Index(names, name="true\\predicted"), columns=names)
     atomic_write(csv_path, lambda handle: table.to_csv(handle, lineterminator="\n"))
-    png = _heatmap_png(matrix, names, title)
+    png = heatmap_png(matrix, names, title)
     atomic_write(png_path, lambda handle: handle.write(png), binary=True)
     return csv_path, png_path
 
 
-def _heatmap_png(matrix: np.ndarray, names: list[str], title: str) -> bytes:
-    """PNG bytes of the row-normalised heatmap, counts annotated for small K, H_norm of predictions in the title."""
+def heatmap_png(matrix: np.ndarray, names: list[str], title: str) -> bytes:
+    """PNG bytes of the row-normalised heatmap with a colour bar, class names, counts for K <= 20 classes."""
     k = matrix.shape[0]
     row_sums = matrix.sum(axis=1, keepdims=True)
     fractions = np.divide(matrix, row_sums, out=np.zeros(matrix.shape), where=row_sums > 0)
     predicted = matrix.sum(axis=0)
     entropy = histogram_entropy(predicted) if predicted.sum() > 0 else math.nan
-    figure, axes = plt.subplots(figsize=(FIGURE_INCHES, FIGURE_INCHES), dpi=FIGURE_DPI)
+    side = min(MAX_INCHES, max(FIGURE_INCHES, CELL_INCHES * k + 1.5))
+    figure, axes = plt.subplots(figsize=(side + 1.0, side), dpi=FIGURE_DPI)
     try:
-        axes.imshow(fractions, cmap="viridis", vmin=0.0, vmax=1.0)
-        axes.set_title(f"{title}\nprediction entropy {entropy:.2f}", fontsize=7)
-        axes.set_xlabel("predicted", fontsize=7)
-        axes.set_ylabel("true", fontsize=7)
-        ticks = range(k) if k <= ANNOTATE_MAX_CLASSES else range(0, k, max(1, k // 10))
-        axes.set_xticks(list(ticks), [names[i] for i in ticks], fontsize=6)
-        axes.set_yticks(list(ticks), [names[i] for i in ticks], fontsize=6)
+        image = axes.imshow(fractions, cmap="viridis", vmin=0.0, vmax=1.0)
+        colorbar = figure.colorbar(image, ax=axes, fraction=0.046, pad=0.03)
+        colorbar.set_label("fraction of the true class", fontsize=8)
+        colorbar.ax.tick_params(labelsize=7)
+        axes.set_title(f"{title}\nprediction entropy {entropy:.2f} (1 = uniform, 0 = one class)", fontsize=8)
+        axes.set_xlabel("predicted class", fontsize=8)
+        axes.set_ylabel("true class", fontsize=8)
+        ticks = range(k) if k <= MAX_TICKED_CLASSES else range(0, k, max(1, k // 20))
+        long_names = max(len(names[i]) for i in ticks) > 3
+        axes.set_xticks(list(ticks), [names[i] for i in ticks], fontsize=7, rotation=90 if long_names else 0)
+        axes.set_yticks(list(ticks), [names[i] for i in ticks], fontsize=7)
         if k <= ANNOTATE_MAX_CLASSES:
             for t, p in zip(*np.nonzero(matrix)):  # zero cells stay blank: fewer text artists to draw
-                axes.text(p, t, str(matrix[t, p]), ha="center", va="center", fontsize=5,
+                axes.text(p, t, str(matrix[t, p]), ha="center", va="center", fontsize=7 if k <= 12 else 6,
                           color="black" if fractions[t, p] > 0.5 else "white")
-        figure.subplots_adjust(left=0.14, right=0.98, bottom=0.12, top=0.86)
-        buffer = io.BytesIO()
-        figure.savefig(buffer, format="png", metadata={"Software": None})
+        return figure_png(figure)
     finally:
         plt.close(figure)
-    return buffer.getvalue()

@@ -39,15 +39,16 @@ import numpy as np
 import pandas as pd
 
 from robustbench_norm.atomic import atomic_write
+from robustbench_norm.results.markdown import escape_markdown, markdown_table
 from robustbench_norm.results.rows import CLEAN, KEY_WITHOUT_SEED, OK
 from robustbench_norm.results.store import ResultStore, locked
 
 ACCURACY = "accuracy"
 REFERENCE_NORM = "batchnorm"
 REFERENCE_EVAL_MODE = "running_stats"
-ENTRY_FIELDS: tuple[str, ...] = ("dataset", "model", "norm", "norm_kwargs", "variant", "eval_mode",
-                                 "train_batch_size")
-REFERENCE_MATCH: tuple[str, ...] = ("dataset", "model", "variant", "train_batch_size")
+ENTRY_FIELDS: tuple[str, ...] = tuple(name for name in KEY_WITHOUT_SEED
+                                      if name not in ("scenario", "profile", "corruption", "severity", "metric"))
+REFERENCE_MATCH: tuple[str, ...] = ("dataset", "model", "variant", "train_batch_size", "device")
 SUMMARY_COLUMNS: tuple[str, ...] = (*KEY_WITHOUT_SEED, "value_mean", "value_se", "n_seeds", "status")
 ROBUSTNESS_MEASURES: tuple[str, ...] = ("clean_accuracy", "corrupted_accuracy", "relative_robustness", "mce")
 
@@ -68,11 +69,11 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
     for key, group in df.groupby(list(KEY_WITHOUT_SEED), sort=True, dropna=False):
         ok = group["status"] == OK
         mean, se, n = mean_se(group.loc[ok, "value"])
-        records.append((*key, mean, se, n, _status(group.loc[~ok])))
+        records.append((*key, mean, se, n, failure_status(group.loc[~ok])))
     return pd.DataFrame(records, columns=list(SUMMARY_COLUMNS)).astype({"n_seeds": "int64"})
 
 
-def _status(failed: pd.DataFrame) -> str:
+def failure_status(failed: pd.DataFrame) -> str:
     """``"ok"``, or each failure reason with the seeds it hit: ``"diverged (seeds 0, 2)"``."""
     if failed.empty:
         return OK
@@ -89,21 +90,14 @@ def robustness_table(df: pd.DataFrame, reference_norm: str = REFERENCE_NORM,
     ``<measure>_se`` for each of :data:`ROBUSTNESS_MEASURES` (fractions, not percent), and ``note``. The
     reference entry comes first. ``frame.attrs["notes"]`` lists the distinct notes.
     """
-    accuracy = df.loc[df["metric"] == ACCURACY].assign(
-        clean=lambda rows: (rows["corruption"] == CLEAN) | (rows["severity"] == 0))
-    measured = accuracy.loc[accuracy["status"] == OK]
-    reference_err = _reference_errors(measured.loc[~measured["clean"]], reference_norm, reference_eval_mode)
+    per_seed = robustness_per_seed(df, reference_norm, reference_eval_mode)
     records = []
-    for entry, all_rows in accuracy.groupby(list(ENTRY_FIELDS), sort=True):
-        group = all_rows.loc[all_rows["status"] == OK]
-        entry = dict(zip(ENTRY_FIELDS, entry))
-        per_seed, note = _per_seed_measures(group, reference_err, entry, reference_norm, reference_eval_mode)
-        if group.empty:
-            note = f"{entry['norm']}/{entry['eval_mode']}: no measured seed, {_status(all_rows)}"
-        record = {**entry, "n_seeds": len(per_seed)}
+    for entry, group in per_seed.groupby(list(ENTRY_FIELDS), sort=True):
+        measured = group.dropna(subset=["seed"])
+        record = {**dict(zip(ENTRY_FIELDS, entry)), "n_seeds": len(measured)}
         for measure in ROBUSTNESS_MEASURES:
-            record[f"{measure}_mean"], record[f"{measure}_se"], _ = mean_se(per_seed[measure])
-        record["note"] = note
+            record[f"{measure}_mean"], record[f"{measure}_se"], _ = mean_se(measured[measure])
+        record["note"] = group["note"].iloc[0]
         records.append(record)
     columns = [*ENTRY_FIELDS, "n_seeds",
                *(f"{m}_{s}" for m in ROBUSTNESS_MEASURES for s in ("mean", "se")), "note"]
@@ -114,12 +108,39 @@ def robustness_table(df: pd.DataFrame, reference_norm: str = REFERENCE_NORM,
     return table
 
 
+def robustness_per_seed(df: pd.DataFrame, reference_norm: str = REFERENCE_NORM,
+                        reference_eval_mode: str = REFERENCE_EVAL_MODE) -> pd.DataFrame:
+    """The four robustness measures of every (entry, seed) with a measured accuracy row (see module doc).
+
+    Columns: :data:`ENTRY_FIELDS`, ``seed``, :data:`ROBUSTNESS_MEASURES` and ``note`` (why mCE is missing,
+    or why the entry has no measured seed, else ""). An entry without any measured seed has one line with
+    ``seed`` NaN, so that it is listed with its reason.
+    """
+    accuracy = df.loc[df["metric"] == ACCURACY].assign(
+        clean=lambda rows: (rows["corruption"] == CLEAN) | (rows["severity"] == 0))
+    measured = accuracy.loc[accuracy["status"] == OK]
+    reference_err = _reference_errors(measured.loc[~measured["clean"]], reference_norm, reference_eval_mode)
+    frames = []
+    for entry, all_rows in accuracy.groupby(list(ENTRY_FIELDS), sort=True):
+        group = all_rows.loc[all_rows["status"] == OK]
+        entry = dict(zip(ENTRY_FIELDS, entry))
+        per_seed, note = _per_seed_measures(group, reference_err, entry, reference_norm, reference_eval_mode)
+        if group.empty:
+            note = f"{entry['norm']}/{entry['eval_mode']}: no measured seed, {failure_status(all_rows)}"
+            per_seed = pd.DataFrame({"seed": [math.nan]}, columns=per_seed.columns)
+        frames.append(per_seed.assign(**entry, note=note))
+    columns = [*ENTRY_FIELDS, "seed", *ROBUSTNESS_MEASURES, "note"]
+    if not frames:
+        return pd.DataFrame(columns=columns)
+    return pd.concat(frames, ignore_index=True)[columns]
+
+
 def _reference_errors(corrupted: pd.DataFrame, norm: str, eval_mode: str) -> dict[tuple, pd.DataFrame]:
     """Per reference match key: the reference entries' seed-mean error per (corruption, severity)."""
     reference = corrupted.loc[(corrupted["norm"] == norm) & (corrupted["eval_mode"] == eval_mode)]
     errors = {}
     for match, group in reference.groupby(list(REFERENCE_MATCH), sort=False):
-        cells = group.groupby(["norm_kwargs", "corruption", "severity"])["value"].mean()
+        cells = group.groupby(["norm_kwargs", "recipe", "corruption", "severity"])["value"].mean()
         errors[match] = (1.0 - cells).rename("reference_error").reset_index()
     return errors
 
@@ -132,9 +153,9 @@ def _per_seed_measures(group: pd.DataFrame, reference_err: dict[tuple, pd.DataFr
     where = ", ".join(f"{name}={value}" for name, value in zip(REFERENCE_MATCH, match))
     if reference is None:
         note = f"mCE not computed: no {reference_norm}/{reference_eval_mode} reference row for {where}"
-    elif reference["norm_kwargs"].nunique() > 1:
-        note = (f"mCE not computed: {reference['norm_kwargs'].nunique()} different {reference_norm} "
-                f"reference entries (norm_kwargs) for {where}")
+    elif len(reference[["norm_kwargs", "recipe"]].drop_duplicates()) > 1:
+        note = (f"mCE not computed: {len(reference[['norm_kwargs', 'recipe']].drop_duplicates())} different "
+                f"{reference_norm} reference entries (norm_kwargs, recipe) for {where}")
         reference = None
     records = []
     for seed, rows in group.groupby("seed", sort=True):
@@ -199,7 +220,7 @@ def display_summary(summary: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, str]
     """
     constant = {name: _display(summary[name].iloc[0]) for name in KEY_WITHOUT_SEED
                 if len(summary) and summary[name].nunique() == 1}
-    varying = [name for name in KEY_WITHOUT_SEED if name not in constant]
+    varying = shown_fields(summary, [name for name in KEY_WITHOUT_SEED if name not in constant])
     cells = summary.assign(cell=[
         _summary_cell(m, s, n, metric, status)
         for m, s, n, metric, status in zip(summary["value_mean"], summary["value_se"], summary["n_seeds"],
@@ -226,7 +247,8 @@ def _summary_cell(mean: float, se: float, n: int, metric: str, status: str) -> s
 
 def display_robustness(table: pd.DataFrame) -> pd.DataFrame:
     """The robustness table as strings: one column per measure, mean ± SE (n seeds) in percent."""
-    varying = [name for name in ENTRY_FIELDS if table[name].nunique() > 1 or name in ("norm", "eval_mode")]
+    varying = shown_fields(table, [name for name in ENTRY_FIELDS
+                                   if table[name].nunique() > 1 or name in ("norm", "eval_mode")])
     shown = table[varying].map(_display)
     headers = {"clean_accuracy": "clean accuracy", "corrupted_accuracy": "corrupted accuracy",
                "relative_robustness": "relative robustness (corrupted/clean)", "mce": "mCE vs reference"}
@@ -234,6 +256,19 @@ def display_robustness(table: pd.DataFrame) -> pd.DataFrame:
         shown[header] = [format_estimate(m, s, n, percent=True) for m, s, n in
                          zip(table[f"{measure}_mean"], table[f"{measure}_se"], table["n_seeds"])]
     return shown
+
+
+def shown_fields(table: pd.DataFrame, fields: list[str]) -> list[str]:
+    """``fields`` without ``recipe`` when the other fields already tell the lines apart.
+
+    A recipe is a hash that differs from norm to norm (and between batch sizes or training variants); it is
+    shown only where one measurement exists under two recipes (e.g. a profile run and a shorter run).
+    """
+    others = [name for name in fields if name != "recipe"]
+    if "recipe" in fields and not table.duplicated(subset=[*others, "metric"] if "metric" in table else others,
+                                                   keep=False).any():
+        return others
+    return fields
 
 
 def _display(value: object) -> str:
@@ -285,19 +320,18 @@ def summary_page(df: pd.DataFrame, profile: str, scenario: str, reference_norm: 
     return Page(f"{scenario} (profile {profile})", tuple(intro), tuple(sections))
 
 
-def markdown_table(table: pd.DataFrame) -> str:
-    """A GitHub markdown table of a DataFrame of strings (pipes escaped)."""
-    def line(cells: list[str]) -> str:
-        return "| " + " | ".join(str(cell).replace("|", "\\|") for cell in cells) + " |"
-    header = [line(list(table.columns)), line(["---"] * len(table.columns))]
-    return "\n".join(header + [line(list(row)) for row in table.itertuples(index=False)])
+def frame_markdown(table: pd.DataFrame) -> str:
+    """A GitHub markdown table of a DataFrame of strings, every cell escaped."""
+    return markdown_table([escape_markdown(name) for name in table.columns],
+                          [[escape_markdown(cell) for cell in row] for row in table.itertuples(index=False)])
 
 
 def page_markdown(page: Page) -> str:
-    """The page as GitHub markdown."""
-    blocks = [f"# {page.title}", *page.intro]
+    """The page as GitHub markdown (all text escaped: names and reasons display literally)."""
+    blocks = [f"# {escape_markdown(page.title)}", *map(escape_markdown, page.intro)]
     for section in page.sections:
-        blocks += [f"## {section.heading}", *section.intro, markdown_table(section.table), *section.notes]
+        blocks += [f"## {escape_markdown(section.heading)}", *map(escape_markdown, section.intro),
+                   frame_markdown(section.table), *map(escape_markdown, section.notes)]
     return "\n\n".join(blocks) + "\n"
 
 
