@@ -55,7 +55,7 @@ from robustbench_norm.atomic import TEMP_SUFFIX, atomic_write
 from robustbench_norm.results.store import locked
 from robustbench_norm.training.trainer import TrainingDiverged
 
-RECIPE_VERSION = "2"  # 2: suite models are built right after seeding (init independent of test order)
+RECIPE_VERSION = "3"  # 3: converged quick recipes (training.recipes), mnist5k, local LCN, data fingerprints
 CHECKPOINT_FORMAT = 2  # 2: content checksum
 CHECKPOINT_FIELDS: tuple[str, ...] = ("format", "key", "spec_json", "state_dict", "history_json", "checksum")
 DEVICE_TYPES: tuple[str, ...] = ("cpu", "cuda")
