@@ -22,7 +22,8 @@ def make_publish_row(**fields):
 
 
 def write_small_results(root, *, device: str = "cpu", shift: float = 0.0) -> None:
-    """Noise, batch-size, domain-shift, blend and day/night rows (3 seeds), two confusion CSVs, a CN grid.
+    """Noise, batch-size, domain-shift, blend and day/night rows (3 seeds), two confusion CSVs, a CN grid and a
+    reliability diagram.
 
     ``shift`` moves every accuracy (a second run that differs). Accuracies (seed s adds 0.01 s):
     noise: clean 0.9; corrupted 0.9 - drop x severity, drop batchnorm/running_stats 0.6, test_batch_stats 0.3,
@@ -78,6 +79,9 @@ def write_small_results(root, *, device: str = "cpu", shift: float = 0.0) -> Non
     save_confusion(blend, root / "quick" / "confusion" / "blend" / "contextnorm__joint__cn__none__0.0", "blend")
     grid = np.zeros((3 * 8 + 4 * 2, 4 * 8 + 5 * 2, 3), dtype=np.uint8)  # 3 rows of 8 px images, padding 2
     Image.fromarray(grid).save(root / "quick" / "day_night_translation_contextnorm.png")
+    diagrams = root / "quick" / "reliability" / "noise"
+    diagrams.mkdir(parents=True)
+    Image.fromarray(np.full((20, 30, 3), 200, dtype=np.uint8)).save(diagrams / "batchnorm__running_stats__agn__0.0.png")
 
 
 @pytest.fixture

@@ -27,6 +27,7 @@ def test_publish_writes_every_page_and_is_idempotent(small_results):
     assert {"index.html", "index.md", "quick/tables/noise_agn.png", "quick/tables/batch_size_batch_size.png",
             "quick/tables/noise_confusion.html", "quick/tables/blend_confusion.md",
             "quick/tables/day_night_translation_contextnorm.png",
+            "quick/tables/reliability/noise/batchnorm__running_stats__agn__0.0.png",
             "quick/tables/confusion/noise/digits__batchnorm__standard__running_stats__agn__0.5.png",
             "quick/tables/confusion/blend/digits+shapes__contextnorm__joint__cn__none__0.0.png"} <= names
     assert all(p.is_file() for p in written)
@@ -53,7 +54,8 @@ def test_every_link_and_image_target_exists(small_results):
             assert (page.parent / target).resolve().is_file(), f"{page.name} links a missing {target}"
     index = (small_results / "index.html").read_text()
     for needle in ("quick/tables/noise.html", "quick/tables/noise_agn.png", "quick/tables/noise_confusion.html",
-                   "day_night_translation_contextnorm.png", "digits__batchnorm__standard__running_stats__agn__0.5"):
+                   "day_night_translation_contextnorm.png", "digits__batchnorm__standard__running_stats__agn__0.5",
+                   "quick/tables/reliability/noise/batchnorm__running_stats__agn__0.0.png"):
         assert needle in index
 
 

@@ -5,9 +5,12 @@ Confusion matrices. The suites save counts as ``confusion/<scenario>/<norm>__<va
 Publishing re-renders each with :func:`~robustbench_norm.results.confusion.heatmap_png` (colour bar, class
 names) under a file name that starts with the test set it was counted on. The test set is the one whose
 rows of that condition satisfy ``n_examples x number of seeds = sum of the matrix``; when no or several
-sets fit, the name says ``unidentified-test-set``. Class names: digit sets are their digits, ``shapes`` its
-ten shape names, CIFAR-10 its ten classes, unions ``a+b`` the parts' names in order (or the first part's when
-they share labels); anything else keeps class indices.
+sets fit, the name says ``unidentified-test-set``. Class names: those the CSV was saved with, else (a CSV
+with indices ``0..K-1``) digit sets are their digits, ``shapes`` its ten shape names, CIFAR-10 its ten
+classes, unions ``a+b`` the parts' names in order (or the first part's when they share labels); anything
+else keeps class indices.
+
+Reliability diagrams (``reliability/<scenario>/*.png``, drawn by the run) are copied as they are.
 
 Translation grids (``<scenario>_translation_<norm>.png``, day_night: rows = day images, their CN
 day -> night translation, night images of other scenes) are re-drawn with their rows labelled.
@@ -47,6 +50,7 @@ DIGIT_SETS = frozenset({"digits", "mnist5k", "street_digits", "mnist", "svhn"})
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 UNIDENTIFIED = "unidentified-test-set"
 GRID_PADDING = 2  # torchvision.utils.make_grid's default, used by suites/test_day_night.py
+GRID_ZOOM = 2  # the grid's 32-px images drawn at twice their size
 TRANSLATION_ROWS = {"day_night": ("day (test)", "day -> night (CN translation)", "night (test, other scenes)")}
 
 
@@ -171,7 +175,9 @@ def publish_confusions(source: Path, rows: pd.DataFrame, scenario: str, target: 
         table = pd.read_csv(csv_path, index_col=0)
         matrix = table.to_numpy(dtype=np.int64)
         dataset = identify_dataset(rows, condition[:5], int(matrix.sum()))
-        names = class_names(dataset, matrix.shape[0])
+        saved = [str(name) for name in table.columns]
+        indices = [str(index) for index in range(matrix.shape[0])]
+        names = saved if saved != indices else class_names(dataset, matrix.shape[0])
         norm, variant, mode, corruption, severity, tag = condition
         where = "clean" if corruption == "none" else f"{corruption} severity {severity:g}"
         title = (f"{scenario}: {norm} / {mode} (training {variant})\n{where} · test set {dataset} · "
@@ -183,6 +189,18 @@ def publish_confusions(source: Path, rows: pd.DataFrame, scenario: str, target: 
         entropy = histogram_entropy(predicted) if predicted.sum() > 0 else math.nan
         figures.append(ConfusionFigure(norm, variant, mode, corruption, severity, tag, dataset, entropy, path))
     return figures
+
+
+def copy_files(source: Path, pattern: str, target: Path) -> list[Path]:
+    """Copy the files of ``source`` matching ``pattern`` into ``target`` (unchanged files are not rewritten)."""
+    copied = []
+    for path in sorted(source.glob(pattern)):
+        out = target / path.name
+        data = path.read_bytes()
+        if not out.is_file() or out.read_bytes() != data:
+            atomic_write(out, lambda handle, data=data: handle.write(data), binary=True)
+        copied.append(out)
+    return copied
 
 
 # -- translation grids -------------------------------------------------------------------------------------
@@ -202,7 +220,7 @@ def _labelled_grid(source: Path, labels: tuple[str, str, str]) -> bytes:
     height, width = pixels.shape[:2]
     row = (height - GRID_PADDING * (len(labels) + 1)) / len(labels)
     centres = [GRID_PADDING + row / 2 + i * (row + GRID_PADDING) for i in range(len(labels))]
-    figure, axes = plt.subplots(figsize=(width / 80 + 2.6, height / 80 + 0.4), dpi=80)
+    figure, axes = plt.subplots(figsize=(GRID_ZOOM * width / 80 + 2.6, GRID_ZOOM * height / 80 + 0.4), dpi=80)
     try:
         axes.imshow(pixels, interpolation="nearest")
         axes.set_yticks(centres, labels, fontsize=9)

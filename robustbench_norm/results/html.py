@@ -4,8 +4,8 @@ Tables are sortable: a click on (or Enter on a focused) header sorts the rows by
 ``data-sort`` values: numbers numerically before texts, texts by their lowercase code points, missing values
 (``nan`` or empty) last in either direction; a second click reverses the order (Array.prototype.sort is
 stable, so ties keep the published order). Without JavaScript the tables stay in their published order
-(ranked). Best values are bold, values within 5 points of chance grey and marked (°), the reference row tinted. Everything printed
-comes from :func:`html.escape`, so names and reasons show as text.
+(ranked). Best values are bold, values within 5 points of chance grey and marked (°), the reference row
+tinted. Everything printed comes from :func:`html.escape`, so names and reasons show as text.
 """
 
 from __future__ import annotations

@@ -74,9 +74,11 @@ def norm_family(norm: str) -> str:
 
 
 def lines_over(rows: pd.DataFrame, x: str) -> list[Line]:
-    """One :class:`Line` per (norm, kwargs, mode, mode kwargs) of ``rows`` (one metric), over column ``x``."""
-    fields = [name for name in LINE_FIELDS if name in rows.columns]
+    """One :class:`Line` per (norm, kwargs, mode, mode kwargs, net) of ``rows`` (one metric), over column ``x``;
+    the net is named in the label when the rows have several."""
     measured = rows.loc[rows["status"] == OK]
+    several_nets = measured["model"].nunique() > 1
+    fields = [name for name in (*LINE_FIELDS, "model") if name in rows.columns]
     lines = []
     for entry, group in measured.groupby(fields, sort=True):
         values = dict(zip(fields, entry))
@@ -84,7 +86,9 @@ def lines_over(rows: pd.DataFrame, x: str) -> list[Line]:
         points = [(float(at), *mean_se(seeds)[:2]) for at, seeds in per_seed.groupby(level=0, sort=True)]
         xs, means, ses = zip(*points)
         mode = norm_label(values["eval_mode"], values.get("eval_kwargs", "{}"))
-        lines.append(Line(f"{norm_label(values['norm'], values['norm_kwargs'])} / {mode}", norm_family(values["norm"]),
+        label = f"{norm_label(values['norm'], values['norm_kwargs'])} / {mode}"
+        label += f" on {values['model']}" if several_nets else ""
+        lines.append(Line(label, norm_family(values["norm"]),
                           xs, means, ses,
                           values["norm"] == REFERENCE_NORM and values["eval_mode"] == REFERENCE_EVAL_MODE,
                           tuple(per_seed.round(12).items())))

@@ -4,15 +4,16 @@
 results folders (e.g. a CPU and a GPU run) and writes, under the site root (``out_dir``, or the single
 results folder itself):
 
-* ``index.html`` / ``index.md``: every scenario page, plot, confusion-matrix gallery and translation grid,
-  the first-ranked row of every scenario, and the provenance of every run;
+* ``index.html`` / ``index.md``: the first-ranked row of every scenario, then every scenario page, plot,
+  confusion-matrix gallery and matrix, translation grid and reliability diagram;
 * per profile, in ``<root>/<profile>/`` (``<results_dir>/<profile>/tables/`` without ``out_dir``):
   ``<scenario>.html`` / ``.md`` / ``.tex`` (the headline table of :mod:`robustbench_norm.results.headline`
   for each run, its plots next to it, the other metrics, every measurement folded away, provenance),
   ``<scenario>_<corruption>.png`` (accuracy vs severity) or ``<scenario>_batch_size.png`` (accuracy vs
   training batch size), ``<scenario>_confusion.html`` / ``.md`` (a gallery: one link per confusion matrix
-  with its prediction entropy), ``confusion/<scenario>/<test set>__<condition>.png`` and the labelled
-  ``<scenario>_translation_<norm>.png`` (:mod:`robustbench_norm.results.figures`).
+  with its prediction entropy), ``confusion/<scenario>/<test set>__<condition>.png``, the labelled
+  ``<scenario>_translation_<norm>.png`` (:mod:`robustbench_norm.results.figures`) and the run's reliability
+  diagrams, copied to ``reliability/<scenario>/``.
 
 Runs are never averaged together. A *run* is one results folder and one device type (``cpu``, ``cuda``):
 with several runs every page has a section per run and a side-by-side table of the runs' values. Rows that
@@ -29,9 +30,9 @@ from __future__ import annotations
 
 import datetime
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import pandas as pd
 
@@ -50,6 +51,7 @@ from robustbench_norm.results.document import (
 )
 from robustbench_norm.results.figures import (
     ConfusionFigure,
+    copy_files,
     file_part,
     png_size,
     publish_confusions,
@@ -118,7 +120,7 @@ class PageEntry:
     page: str
     leaders: tuple[tuple[str, str], ...]
     plots: tuple[tuple[str, str], ...]
-    galleries: tuple[tuple[str, str], ...]
+    figures: tuple[tuple[str, str], ...]
     confusions: tuple[tuple[str, str], ...]
 
 
@@ -192,29 +194,28 @@ def publish_page(profile: str, scenario: str, runs: list[ScenarioRun], folder: P
         blocks += [Heading("Runs side by side", 2),
                    side_by_side(measured, f"{scenario}: every run's values (never averaged across runs)")]
     blocks += sections
-    galleries, confusions = publish_galleries(profile, scenario, runs, folder)
-    written += galleries + confusions
-    if galleries:
-        blocks += [Heading("Confusion matrices and translations", 2),
-                   Links(tuple((path.name, path.name, _about(path)) for path in galleries
-                               if path.suffix in (".html", ".png")))]
+    figures = publish_figures(profile, scenario, runs, folder)
+    written += figures.files()
+    linked = [*figures.galleries, *figures.grids, *figures.diagrams]
+    if linked:
+        blocks += [Heading("Confusion matrices, translations, reliability diagrams", 2),
+                   Links(tuple((path.name, str(path.relative_to(folder)), about) for path, about in
+                               [*((g, "(confusion matrix gallery)") for g in figures.galleries),
+                                *((g, "(CN translation grid, rows labelled)") for g in figures.grids),
+                                *((d, "(reliability diagram: accuracy per confidence bin, ECE in its title)")
+                                  for d in figures.diagrams)]))]
     dumps = tuple(all_measurements(scenario_run) for scenario_run in runs)
     blocks.append(Details("Every measurement (mean ± SE over seeds per cell)", dumps))
     document = Document(f"{scenario} (profile {profile})", tuple(blocks))
     appendix = [table for table in document.tables() if all(table is not other for other in (provenance, *dumps))]
     written += write_document(document, folder / scenario, (f"{profile}:{scenario}", appendix))
     page = str((folder / f"{scenario}.html").relative_to(root))
-    linked = [path for path in galleries if path.suffix in (".html", ".png")]
     return written, PageEntry(profile, scenario, page, tuple(leaders), _relative(plots, root),
-                              _relative(linked, root), _relative(confusions, root))
+                              _relative(linked, root), _relative(figures.confusions, root))
 
 
 def _relative(paths: list[Path], root: Path) -> tuple[tuple[str, str], ...]:
     return tuple((path.name, str(path.relative_to(root))) for path in paths)
-
-
-def _about(path: Path) -> str:
-    return "(CN translation grid, rows labelled)" if path.suffix == ".png" else "(confusion matrix gallery)"
 
 
 def _page_links(scenario: str, folder: Path, root: Path) -> tuple[tuple[str, str, str], ...]:
@@ -289,7 +290,8 @@ def write_plots(rows: pd.DataFrame, measurements: Measurements, scenario: str, r
     return out
 
 
-def _plot(path: Path, rows: pd.DataFrame, title: str, render, caption: str) -> tuple[Figure, Path]:
+def _plot(path: Path, rows: pd.DataFrame, title: str, render: Callable[[], bytes],
+          caption: str) -> tuple[Figure, Path]:
     inputs = rows.sort_values(list(rows.columns)).to_csv(index=False).encode() + title.encode()
     render_png(path, inputs, render)
     width, height = png_size(path)
@@ -308,11 +310,25 @@ def all_measurements(scenario_run: ScenarioRun) -> Table:
 # -- confusion galleries and translation grids -------------------------------------------------------------
 
 
-def publish_galleries(profile: str, scenario: str, runs: list[ScenarioRun],
-                      folder: Path) -> tuple[list[Path], list[Path]]:
-    """Confusion galleries (one per results folder, HTML and markdown) and labelled translation grids, and
-    the confusion-matrix PNGs they link."""
-    written, confusions = [], []
+@dataclass
+class Figures:
+    """A scenario's published figures: gallery pages (HTML), their markdown twins, translation grids,
+    reliability diagrams and confusion matrices."""
+
+    galleries: list[Path] = field(default_factory=list)
+    markdown: list[Path] = field(default_factory=list)
+    grids: list[Path] = field(default_factory=list)
+    diagrams: list[Path] = field(default_factory=list)
+    confusions: list[Path] = field(default_factory=list)
+
+    def files(self) -> list[Path]:
+        """Every file written."""
+        return [*self.galleries, *self.markdown, *self.grids, *self.diagrams, *self.confusions]
+
+
+def publish_figures(profile: str, scenario: str, runs: list[ScenarioRun], folder: Path) -> Figures:
+    """Per results folder: the confusion gallery and matrices, labelled translation grids, reliability diagrams."""
+    figures = Figures()
     by_folder: dict[Path, list[ScenarioRun]] = {}
     for scenario_run in runs:
         by_folder.setdefault(scenario_run.run.results_dir, []).append(scenario_run)
@@ -320,18 +336,22 @@ def publish_galleries(profile: str, scenario: str, runs: list[ScenarioRun],
         tag = file_part(members[0].run.label.rsplit(" (", 1)[0]) if members[0].run.label else ""
         rows = pd.concat([m.rows for m in members], ignore_index=True)
         source = results_dir / profile / "confusion" / scenario
-        target = folder / "confusion" / scenario / tag if tag else folder / "confusion" / scenario
-        figures = publish_confusions(source, rows, scenario, target) if source.is_dir() else []
-        if figures:
+        confusions = publish_confusions(source, rows, scenario, folder / "confusion" / scenario / tag) \
+            if source.is_dir() else []
+        if confusions:
             name = f"{scenario}_confusion{'_' + tag if tag else ''}"
-            gallery = confusion_gallery(figures, folder, scenario, f"{scenario}: confusion matrices"
+            gallery = confusion_gallery(confusions, folder, scenario, f"{scenario}: confusion matrices"
                                         f"{f' ({tag})' if tag else ''}", len(set(rows['device'])) > 1)
-            confusions += [figure.path for figure in figures]
-            written += write_document(gallery, folder / name)
+            html_page, markdown_page = write_document(gallery, folder / name)
+            figures.galleries.append(html_page)
+            figures.markdown.append(markdown_page)
+            figures.confusions += [figure.path for figure in confusions]
         for grid in sorted((results_dir / profile).glob(f"{scenario}_translation_*.png")):
-            written.append(publish_translation_grid(grid, scenario,
-                                                    folder / f"{grid.stem}{'_' + tag if tag else ''}.png"))
-    return written, confusions
+            figures.grids.append(publish_translation_grid(grid, scenario,
+                                                          folder / f"{grid.stem}{'_' + tag if tag else ''}.png"))
+        figures.diagrams += copy_files(results_dir / profile / "reliability" / scenario, "*.png",
+                                       folder / "reliability" / scenario / tag)
+    return figures
 
 
 def confusion_gallery(figures: list[ConfusionFigure], folder: Path, scenario: str, title: str,
@@ -458,7 +478,7 @@ def write_index(root: Path, entries: list[PageEntry], head: str) -> list[Path]:
             blocks += [Heading(entry.scenario, 3),
                        Links(((f"{entry.scenario} page", entry.page, "(tables, plots, provenance)"),
                               *((name, href, "(plot)") for name, href in entry.plots),
-                              *((name, href, "") for name, href in entry.galleries)))]
+                              *((name, href, "") for name, href in entry.figures)))]
             if entry.confusions:
                 blocks.append(Details(f"{entry.scenario}: {len(entry.confusions)} confusion matrices",
                                       (Links(tuple((name, href, "") for name, href in entry.confusions)),)))

@@ -6,8 +6,9 @@ Statistics. For one measurement key without its seed, with ``n`` seeds whose sta
 standard deviation. Rows that could not be measured (status other than ``ok``) do not enter the mean;
 their reasons are kept in the ``status`` column.
 
-Robustness table (noise scenario, accuracy rows). For one entry (data set, model, norm, kwargs, variant,
-test-time mode, training batch size) and seed:
+Robustness table (noise scenario, accuracy rows). For one entry (:data:`ENTRY_FIELDS`: the key without
+scenario, profile, corruption, severity, seed and metric, i.e. data set, model, norm and kwargs, variant,
+test-time mode and its kwargs, training batch size, recipe, device) and seed:
 
 * clean accuracy: mean over clean cells (``corruption == "none"`` or severity 0, which is the clean test
   set for every built-in corruption);
@@ -16,7 +17,8 @@ test-time mode, training batch size) and seed:
 * mCE (Hendrycks & Dietterich 2019, with BatchNorm in place of AlexNet):
   ``CE_c = sum_s err(c, s) / sum_s err_ref(c, s)`` over the severities s > 0 of corruption c, averaged
   over corruptions; ``err = 1 - accuracy``, ``err_ref`` = the seed-mean error of the reference entry
-  (``batchnorm`` with running statistics, same data set, model, variant and training batch size).
+  (``batchnorm`` with running statistics, same data set, model, variant, training batch size and device;
+  a reference measured under two kwargs or recipes is ambiguous and gives no mCE).
 
 Each of the four is then averaged over seeds (mean ± SE). Because the reference enters mCE as a fixed
 seed mean, mCE's SE reflects the spread of the entry's seeds only, and the mean equals the mCE of the
@@ -26,7 +28,8 @@ row that may be missing must not crash).
 
 Files, next to ``<scenario>.csv``: ``<scenario>_summary.csv`` (:func:`summarize`),
 ``<scenario>_robustness.csv`` (:func:`robustness_table`, when the scenario has corrupted cells) and
-``<scenario>_summary.md`` (both as markdown, accuracies in percent with one decimal).
+``<scenario>_summary.md`` (both as markdown, accuracies in percent with one decimal). The published pages
+(:mod:`robustbench_norm.results.publish`) build their ranked tables on :func:`robustness_per_seed`.
 """
 
 from __future__ import annotations
