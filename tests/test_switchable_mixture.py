@@ -12,7 +12,7 @@ from robustbench_norm.norms.mixture import (
     GaussianMixture,
     MixtureNorm,
     fit_mixture,
-    mixture_standardize,
+    mixture_normalize,
     posteriors,
     weighted_moments,
 )
@@ -184,6 +184,35 @@ def test_mixturenorm_one_component_is_batchnorm_in_training():
     torch.testing.assert_close(layer.weight.grad, w.grad)
 
 
+def _reference_normalize(inp, weight, bias, mixture, moments):
+    """The layer's formula through autograd: posteriors, posterior-weighted moments, mixture standardisation."""
+    tau = posteriors(inp, mixture)
+    mean, var = weighted_moments(inp, tau)[1:] if moments is None else moments
+    scale = (mixture.prior * (var + EPS)).rsqrt().t()[:, None, :, None, None]
+    x_hat = (tau * scale * (inp - mean.t()[:, None, :, None, None])).sum(0)
+    return x_hat * weight[:, None, None] + bias[:, None, None]
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_mixture_normalize_matches_autograd_of_the_formula(training):
+    """The written-out backward against autograd through the formula, for a fixed mixture."""
+    x = _bimodal((4, 2, 3, 3))
+    mixture = fit_mixture(x, 3, 2, EPS)
+    fixed = (torch.tensor([[0.1, 1.0, 2.9]] * 2, dtype=F64), torch.full((2, 3), 0.4, dtype=F64))
+    moments = None if training else fixed
+    weight = (torch.rand(2, dtype=F64) + 0.5).requires_grad_()
+    bias = torch.randn(2, dtype=F64).requires_grad_()
+    grad = torch.randn(4, 2, 3, 3, dtype=F64)
+    inputs = (x.clone().requires_grad_(), weight, bias)
+    y = mixture_normalize(*inputs, mixture, moments, EPS)[0]
+    reference_inputs = tuple(t.detach().clone().requires_grad_() for t in inputs)
+    expected = _reference_normalize(*reference_inputs, mixture, moments)
+    torch.testing.assert_close(y, expected, rtol=1e-12, atol=1e-12)
+    ours = torch.autograd.grad(y, inputs, grad)
+    for mine, theirs in zip(ours, torch.autograd.grad(expected, reference_inputs, grad)):
+        torch.testing.assert_close(mine, theirs, rtol=1e-10, atol=1e-10)
+
+
 def test_mixture_normalisation_gradcheck_with_fixed_mixture():
     """The train-mode map x -> y for a fixed (stop-gradient) mixture, parameters included."""
     x = _bimodal((4, 2, 2, 2))
@@ -192,10 +221,7 @@ def test_mixture_normalisation_gradcheck_with_fixed_mixture():
     bias = torch.randn(2, dtype=F64).requires_grad_()
 
     def f(inp, w, b):
-        tau = posteriors(inp, mixture)
-        _, mean, var = weighted_moments(inp, tau)
-        x_hat = mixture_standardize(inp, tau, mixture.prior, mean, var, EPS)
-        return x_hat * w[:, None, None] + b[:, None, None]
+        return mixture_normalize(inp, w, b, mixture, None, EPS)[0]
 
     assert torch.autograd.gradcheck(f, (x.requires_grad_(), weight, bias))
 
@@ -212,9 +238,7 @@ def test_mixturenorm_gradient_stops_at_the_mixture_parameters():
     layer(x).sum().backward()
     mixture = fit_mixture(x.detach(), 2, 3, EPS)
     xf = x.detach().clone().requires_grad_()
-    tau = posteriors(xf, mixture)
-    _, mean, var = weighted_moments(xf, tau)
-    mixture_standardize(xf, tau, mixture.prior, mean, var, EPS).sum().backward()
+    _reference_normalize(xf, layer.weight.detach(), layer.bias.detach(), mixture, None).sum().backward()
     torch.testing.assert_close(x.grad, xf.grad)
 
 

@@ -20,7 +20,11 @@ started deterministically (no RNG) from the channel's batch moments: lambda_k = 
 mu_k = mean + std * z_k with z_k = Phi^{-1}((k + 1/2) / K) the standard normal quantiles, v_k = variance.
 Components therefore start ordered by mean, which keeps component k the "k-th lowest mode" from batch to
 batch, so the running averages below average like with like. Variances are floored at ``eps`` and priors at
-1e-6, so a dead (constant) channel or an empty component gives finite outputs.
+1e-6, so a dead (constant) channel or an empty component gives finite outputs. Per training step, for each
+channel: take at most ``EM_MAX_VALUES`` evenly strided values of the batch (all of them for small batches),
+start as above, and run ``em_iterations`` rounds of E-step (posteriors tau_k of every sampled value under
+the current mixture) and M-step (lambda_k = mean tau_k, mu_k = tau-weighted mean, v_k = tau-weighted
+variance); then normalise *every* value of the batch with the fitted mixture.
 
 Gradient. The EM-fitted mixture parameters (lambda, mu, v) are constants for backprop (stop-gradient: EM
 runs under ``torch.no_grad``); the posteriors tau_k(x) and the normalising statistics E_k[x],
@@ -31,16 +35,22 @@ Eval. Running estimates (PyTorch-style ``momentum``, weight of the new batch) of
 normalising statistics (``running_norm_mean``, ``running_norm_var``) replace E_k[.]; the output of a sample then
 does not depend on its batch. Initial values: the mixture the EM start gives for N(0, 1) data.
 
+An empty batch gives an empty output and leaves the running estimates untouched; a batch whose statistics
+are not finite (NaN or inf input) leaves the affected running entries untouched.
+
 Shapes: input and output ``(N, C, H, W)``; ``weight``, ``bias``: ``(C,)``; mixture parameters and running
-buffers: ``(C, K)``. Cost: O(NCHW * K * (em_iterations + 1)) time, O(NCHW * K) memory.
+buffers: ``(C, K)``. Cost: O(NCHW * K) time and memory for the normalisation (a custom autograd function
+over K separate (N, C, H, W) posteriors, with a written-out backward: about 20 K passes over the batch
+forward and 20 K backward), plus O(C * EM_MAX_VALUES * K * em_iterations) for EM.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 from robustbench_norm.norms.registry import register_norm
 from robustbench_norm.norms.standard import (
@@ -48,6 +58,7 @@ from robustbench_norm.norms.standard import (
     check_input_2d,
     check_momentum,
     check_num_features,
+    update_running_,
 )
 
 MIN_PRIOR = 1e-6
@@ -112,10 +123,11 @@ def weighted_moments(x: torch.Tensor, tau: torch.Tensor) -> tuple[torch.Tensor, 
 
 
 def em_sample(x: torch.Tensor, max_values: int = EM_MAX_VALUES) -> torch.Tensor:
-    """At most ``max_values`` evenly strided values of each channel of ``x`` (N, C, H, W), as (M, C, 1, 1)."""
+    """At most ``max_values`` evenly strided values of each channel of ``x`` (N, C, H, W), laid out as
+    (1, C, 1, M) so that EM's reductions over the values run along the contiguous last axis."""
     per_channel = x.transpose(0, 1).reshape(x.shape[1], -1)
-    stride = -(-per_channel.shape[1] // max_values)
-    return per_channel[:, ::stride].t().reshape(-1, x.shape[1], 1, 1) if stride > 1 else x
+    stride = max(1, -(-per_channel.shape[1] // max_values))
+    return per_channel[:, ::stride].contiguous()[None, :, None, :]
 
 
 @torch.no_grad()
@@ -135,15 +147,156 @@ def fit_mixture(x: torch.Tensor, num_components: int, iterations: int, var_floor
     return mixture
 
 
-def mixture_standardize(
-    x: torch.Tensor, tau: torch.Tensor, prior: torch.Tensor, mean: torch.Tensor, var: torch.Tensor, eps: float
-) -> torch.Tensor:
-    """``x_hat = sum_k tau_k / sqrt(lambda_k) * (x - mean_k) / sqrt(var_k + eps)`` (before the affine).
+def _channel_map(t: torch.Tensor) -> torch.Tensor:
+    """(C,) -> (1, C, 1, 1), to broadcast against x (N, C, H, W)."""
+    return t.view(1, -1, 1, 1)
 
-    ``x`` (N, C, H, W), ``tau`` (K, N, C, H, W), ``prior``, ``mean``, ``var`` (C, K); returns (N, C, H, W).
+
+def _column(t: torch.Tensor, k: int) -> torch.Tensor:
+    """Component k of a (C, K) tensor, shaped (1, C, 1, 1)."""
+    return _channel_map(t[:, k])
+
+
+def _component_posteriors(x: torch.Tensor, mixture: GaussianMixture, scratch: torch.Tensor) -> list[torch.Tensor]:
+    """:func:`posteriors` as K separate (N, C, H, W) tensors (no (K, N, C, H, W) temporaries); ``scratch``
+    (like ``x``) is overwritten."""
+    const = mixture.prior.log() - 0.5 * mixture.var.log()
+    inverse = -0.5 / mixture.var
+    logits = [
+        torch.sub(x, _column(mixture.mean, k)).square_().mul_(_column(inverse, k)).add_(_column(const, k))
+        for k in range(mixture.mean.shape[1])
+    ]
+    if len(logits) == 1:
+        return [logits[0].fill_(1.0)]
+    top = torch.maximum(logits[0], logits[1], out=scratch)
+    for logit in logits[2:]:
+        torch.maximum(top, logit, out=top)
+    for logit in logits:
+        logit.sub_(top).exp_()
+    total = torch.add(logits[0], logits[1], out=scratch)
+    for logit in logits[2:]:
+        total.add_(logit)
+    return [logit.div_(total) for logit in logits]
+
+
+def _component_moments(
+    x: torch.Tensor, tau: list[torch.Tensor], scratch: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`weighted_moments` from K separate posteriors: mass, E_k[x], E_k[(x - E_k[x])^2], each (C, K);
+    ``scratch`` (like ``x``) is overwritten."""
+    masses, means, variances = [], [], []
+    for tau_k in tau:
+        mass = tau_k.sum((0, 2, 3)).clamp_min_(torch.finfo(tau_k.dtype).tiny)
+        mean = torch.mul(tau_k, x, out=scratch).sum((0, 2, 3)).div_(mass)
+        deviation = torch.sub(x, _channel_map(mean), out=scratch).square_().mul_(tau_k)
+        masses.append(mass)
+        means.append(mean)
+        variances.append(deviation.sum((0, 2, 3)).div_(mass))
+    return torch.stack(masses, 1), torch.stack(means, 1), torch.stack(variances, 1)
+
+
+class _MixtureNormFunction(torch.autograd.Function):
+    """``y = gamma * sum_k tau_k(x) * a_k * (x - m_k) + beta`` with a_k = (lambda_k (s_k + eps))^(-1/2);
+    (m_k, s_k) the posterior-weighted batch moments (training) or given constants (eval). Returns
+    (y, m, s); the mixture is a constant. Backward written out (:func:`_input_grad`)."""
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        x: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor,
+        mixture: GaussianMixture,
+        moments: tuple[torch.Tensor, torch.Tensor] | None,
+        eps: float,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        scratch = torch.empty_like(x)
+        tau = _component_posteriors(x, mixture, scratch)
+        mass, mean, var = _component_moments(x, tau, scratch) if moments is None else (None, *moments)
+        scale = (mixture.prior * (var + eps)).rsqrt()
+        x_hat = torch.empty_like(x)
+        for k, tau_k in enumerate(tau):
+            term = torch.sub(x, _column(mean, k), out=scratch).mul_(_column(scale, k))
+            if k == 0:
+                torch.mul(term, tau_k, out=x_hat)
+            else:
+                x_hat.addcmul_(term, tau_k)
+        y = torch.mul(x_hat, _channel_map(weight), out=scratch).add_(_channel_map(bias))
+        ctx.save_for_backward(x, weight, x_hat, *tau)
+        ctx.constants = (mixture, mass, mean, var, scale, eps)
+        ctx.mark_non_differentiable(mean, var)
+        return y, mean, var
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad_y: torch.Tensor, _mean: torch.Tensor, _var: torch.Tensor) -> tuple:
+        x, weight, x_hat, *tau = ctx.saved_tensors
+        mixture, mass, mean, var, scale, eps = ctx.constants
+        grad_y = grad_y.contiguous()
+        grad_weight = torch.mul(grad_y, x_hat).sum((0, 2, 3))
+        grad_bias = grad_y.sum((0, 2, 3))
+        grad_x = None
+        if ctx.needs_input_grad[0]:
+            g = grad_y * _channel_map(weight)
+            grad_x = _input_grad(x, g, tau, mixture, mass, mean, var, scale, eps)
+        return grad_x, grad_weight, grad_bias, None, None, None
+
+
+def mixture_normalize(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    mixture: GaussianMixture,
+    moments: tuple[torch.Tensor, torch.Tensor] | None,
+    eps: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``y = gamma * sum_k tau_k(x) / sqrt(lambda_k) * (x - m_k) / sqrt(s_k + eps) + beta`` for a fixed
+    ``mixture``, with (m_k, s_k) = ``moments`` or, if None, the posterior-weighted batch moments E_k[x] and
+    E_k[(x - E_k[x])^2]. Returns (y, m, s); y is differentiable in x, weight and bias (m, s are not)."""
+    return _MixtureNormFunction.apply(x, weight, bias, mixture, moments, eps)
+
+
+def _input_grad(
+    x: torch.Tensor,
+    g: torch.Tensor,
+    tau: list[torch.Tensor],
+    mixture: GaussianMixture,
+    mass: torch.Tensor | None,
+    mean: torch.Tensor,
+    var: torch.Tensor,
+    scale: torch.Tensor,
+    eps: float,
+) -> torch.Tensor:
+    """dL/dx for g = dL/dx_hat. With e_k = x - m_k and, in training (``mass`` given), the gradients of the
+    batch moments G^m_k = -a_k sum g tau_k and G^s_k = -a_k sum(g tau_k e_k) / (2 (s_k + eps)):
+
+        T_k = g a_k e_k + (G^m_k e_k + G^s_k (e_k^2 - s_k)) / M_k          (dL/dtau_k)
+        dL/dx = sum_k tau_k [g a_k + (G^m_k + 2 G^s_k e_k) / M_k - T_k D_k] + T D,
+
+    with D_k = (x - mu_k) / v_k (mu_k, v_k the mixture's means and variances), T = sum_k tau_k T_k and
+    D = sum_k tau_k D_k (the softmax), M_k the posterior masses. In eval the moments are constants and
+    the G terms vanish. One pass over k, with three accumulators and three scratch tensors.
     """
-    scale = _per_channel(prior.rsqrt() * (var + eps).rsqrt())
-    return (tau * scale * (x - _per_channel(mean))).sum(dim=0)
+    grad_x, total, spread = torch.zeros_like(x), torch.zeros_like(x), torch.zeros_like(x)
+    e, t, tmp = torch.empty_like(x), torch.empty_like(x), torch.empty_like(x)
+    for k, tau_k in enumerate(tau):
+        torch.sub(x, _column(mean, k), out=e)
+        torch.mul(g, _column(scale, k), out=t)  # g a_k
+        if mass is not None:
+            gathered = torch.mul(g, tau_k, out=tmp).sum((0, 2, 3))
+            spread_sum = tmp.mul_(e).sum((0, 2, 3))
+            c1 = _channel_map(-scale[:, k] * gathered / mass[:, k])  # G^m_k / M_k
+            c2 = _channel_map(-0.5 * scale[:, k] * spread_sum / ((var[:, k] + eps) * mass[:, k]))  # G^s_k / M_k
+            t.add_(c1).mul_(e).add_(torch.mul(e, e, out=tmp).sub_(_column(var, k)).mul_(c2))  # T_k
+            e.mul_(2.0 * c2).add_(c1).addcmul_(g, _column(scale, k))  # g a_k + (G^m_k + 2 G^s_k e_k) / M_k
+        else:
+            t.mul_(e)  # T_k = g a_k e_k
+            torch.mul(g, _column(scale, k), out=e)
+        total.addcmul_(t, tau_k)
+        d = torch.sub(x, _column(mixture.mean, k), out=tmp).div_(_column(mixture.var, k))  # D_k
+        spread.addcmul_(tau_k, d)
+        grad_x.addcmul_(tau_k, e.sub_(t.mul_(d)))
+    return grad_x.addcmul_(total, spread)
 
 
 def _check_positive_int(name: str, value: int) -> None:
@@ -169,7 +322,7 @@ class MixtureNorm(nn.Module):
 
     Shapes: input and output ``(N, C, H, W)``; ``weight``, ``bias``: ``(C,)``; buffers ``running_prior``,
     ``running_mean``, ``running_var``, ``running_norm_mean``, ``running_norm_var``: ``(C, K)``.
-    Cost: O(NCHW * K * (em_iterations + 1)).
+    Cost: O(NCHW * K) plus EM on at most ``EM_MAX_VALUES`` values per channel (module docstring).
     """
 
     def __init__(
@@ -204,20 +357,21 @@ class MixtureNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input_2d(x, self.num_features, type(self).__name__)
+        if x.shape[0] == 0:
+            return x.clone()  # an empty batch: nothing to normalise, running estimates untouched
         if self.training:
             mixture = fit_mixture(x.detach(), self.num_components, self.em_iterations, self.eps)
-            tau = posteriors(x, mixture)
-            _, mean, var = weighted_moments(x, tau)
-            self._update_running(mixture, mean.detach(), var.detach())
+            moments = None
         else:
             mixture = GaussianMixture(self.running_prior, self.running_mean, self.running_var)
-            tau = posteriors(x, mixture)
-            mean, var = self.running_norm_mean, self.running_norm_var
-        x_hat = mixture_standardize(x, tau, mixture.prior, mean, var, self.eps)
-        return x_hat * self.weight[:, None, None] + self.bias[:, None, None]
+            moments = (self.running_norm_mean, self.running_norm_var)
+        y, mean, var = mixture_normalize(x, self.weight, self.bias, mixture, moments, self.eps)
+        if self.training:
+            self._update_running(mixture, mean, var)
+        return y
 
-    @torch.no_grad()
     def _update_running(self, mixture: GaussianMixture, mean: torch.Tensor, var: torch.Tensor) -> None:
+        """Running estimates move toward the batch's (entries whose batch value is not finite stay)."""
         pairs = (
             (self.running_prior, mixture.prior),
             (self.running_mean, mixture.mean),
@@ -226,7 +380,7 @@ class MixtureNorm(nn.Module):
             (self.running_norm_var, var),
         )
         for running, batch in pairs:
-            running.lerp_(batch.to(running.dtype), self.momentum)
+            update_running_(running, batch, self.momentum)
 
     def extra_repr(self) -> str:
         return (
