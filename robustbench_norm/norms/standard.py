@@ -19,11 +19,12 @@ switches the BatchNorm layers of a model to test-batch statistics in eval mode.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Any, Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 from robustbench_norm.norms.registry import register_norm
 
@@ -304,9 +305,36 @@ class PositionalNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input_2d(x, self.num_features, type(self).__name__)
-        var, mean = torch.var_mean(x, dim=1, correction=0, keepdim=True)
-        x_hat = (x - mean) * torch.rsqrt(var + self.eps)
-        return x_hat * self.weight[:, None, None] + self.bias[:, None, None]
+        return _PositionalNormFunction.apply(x, self.weight, self.bias, self.eps)
 
     def extra_repr(self) -> str:
         return f"{self.num_features}, eps={self.eps}"
+
+
+class _PositionalNormFunction(torch.autograd.Function):
+    """PositionalNorm ``y = (x - mu) * rstd * gamma_c + beta_c`` with mean and biased variance over dim 1.
+
+    Forward: mu = mean_c x, x_hat = (x - mu) * rstd with rstd = 1 / sqrt(mean_c (x - mu)^2 + eps) (two
+    passes, so an offset of the input does not cancel). Backward, with g = dL/dy * gamma:
+    dL/dx = rstd * (g - mean_c g - x_hat * mean_c(g * x_hat)), dL/dgamma = sum dL/dy * x_hat,
+    dL/dbeta = sum dL/dy (sums over N, H, W). x_hat and rstd are kept for the backward pass.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float) -> torch.Tensor:
+        x_hat = x - x.mean(1, keepdim=True)
+        rstd = torch.linalg.vecdot(x_hat, x_hat, dim=1).unsqueeze_(1).div_(x.shape[1]).add_(eps).rsqrt_()
+        x_hat.mul_(rstd)
+        ctx.save_for_backward(x_hat, rstd, weight)
+        return torch.mul(x_hat, weight[:, None, None]).add_(bias[:, None, None])
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad_y: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        x_hat, rstd, weight = ctx.saved_tensors
+        g = grad_y * weight[:, None, None]
+        grad_weight = torch.mul(grad_y, x_hat).sum((0, 2, 3))
+        grad_bias = grad_y.sum((0, 2, 3))
+        projection = torch.linalg.vecdot(g, x_hat, dim=1).unsqueeze_(1).div_(x_hat.shape[1])
+        g.sub_(g.mean(1, keepdim=True)).addcmul_(x_hat, projection, value=-1.0).mul_(rstd)
+        return g, grad_weight, grad_bias, None
