@@ -199,6 +199,9 @@ def publish_page(profile: str, scenario: str, runs: list[ScenarioRun], folder: P
     linked = [*figures.galleries, *figures.grids, *figures.diagrams]
     if linked:
         blocks += [Heading("Confusion matrices, translations, reliability diagrams", 2),
+                   *(Figure(str(grid.relative_to(folder)), grid.stem, "Context Normalization's translation of "
+                            "test images from the first context to the second (rows labelled).", *png_size(grid))
+                     for grid in figures.grids),
                    Links(tuple((path.name, str(path.relative_to(folder)), about) for path, about in
                                [*((g, "(confusion matrix gallery)") for g in figures.galleries),
                                 *((g, "(CN translation grid, rows labelled)") for g in figures.grids),
