@@ -126,6 +126,17 @@ def test_nan_and_inf_inputs_never_reach_the_running_statistics(name: str, bad: f
         torch.testing.assert_close(y[1:], expected, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("name", NAMES)
+def test_output_may_be_modified_in_place(name: str, training: bool) -> None:
+    """A net may apply ``ReLU(inplace=True)`` to a norm's output and still backpropagate through it."""
+    layer = _layer(name).train(training)
+    x = _input(name, 4).requires_grad_(True)
+    y = _run(name, layer, x)
+    torch.relu_(y).sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64], ids=str)
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 @pytest.mark.parametrize("name", NAMES)

@@ -46,11 +46,12 @@ def _flat(t: Tensor) -> Tensor:
 
 
 def _standardize(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """(x_hat, mean, rstd) of the instances of contiguous ``x`` (N, C, H, W); mean and rstd (N, C)."""
+    """(x_hat, mean, rstd) of the instances of contiguous ``x`` (N, C, H, W); mean and rstd (N, C). x_hat is
+    a new tensor (not a view), so the layer's output may be modified in place (``ReLU(inplace=True)``)."""
     n, c, h, w = x.shape
     tiny = torch.finfo(x.dtype).tiny
-    x_hat, mean, rstd = torch.ops.aten.native_group_norm(_flat(x), None, None, 1, n * c, h * w, n * c, tiny)
-    return x_hat.view(x.shape), mean.view(n, c), rstd.view(n, c)
+    x_hat, mean, rstd = torch.ops.aten.native_group_norm(x, None, None, n, c, h * w, c, tiny)
+    return x_hat, mean, rstd
 
 
 def _variance(rstd: Tensor) -> Tensor:

@@ -137,11 +137,6 @@ def _channel_sum(t: Tensor, out: Tensor, weight: Tensor | None = None) -> Tensor
     return out
 
 
-def _along(t: Tensor, dim: int, part: slice) -> Tensor:
-    """``t[..., part]`` along ``dim`` (-1 or -2)."""
-    return t.narrow(dim, part.start, part.stop - part.start)
-
-
 def _window_sums(s: Tensor, dim: int, axis: _Axis, out: Tensor) -> Tensor:
     """Sums over the ``axis.positions`` windows that fit inside the map, along ``dim`` of ``s``, written into
     ``out`` (length 1 for a full axis). Windows of up to ``_DIRECT_WINDOW`` pixels add their shifted slices
@@ -311,14 +306,15 @@ class _LocalContextNormFunction(torch.autograd.Function):
     ) -> Tensor:
         xv = _grouped(x, groups)
         shift = xv.mean((2, 3, 4), keepdim=True)
-        xs = xv - shift
+        y = torch.empty_like(x)  # returned as is (not a view), so it may be modified in place afterwards
+        xs = torch.sub(xv, shift, out=_grouped(y, groups))
         stats = _statistics(xs, rows, cols, eps)  # leaves x - shift - mean in xs
-        y = xs.mul_(stats[1].unsqueeze(2))
+        xs.mul_(stats[1].unsqueeze(2))
         if weight is not None:
-            y.mul_(weight.view(1, groups, -1, 1, 1)).add_(bias.view(1, groups, -1, 1, 1))
+            xs.mul_(weight.view(1, groups, -1, 1, 1)).add_(bias.view(1, groups, -1, 1, 1))
         ctx.save_for_backward(x, weight, shift, stats)
         ctx.setup = (groups, rows, cols)
-        return y.view(x.shape)
+        return y
 
     @staticmethod
     @once_differentiable
