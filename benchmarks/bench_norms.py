@@ -1,100 +1,100 @@
-"""Speed of the normalization layers: forward + backward of one float32 batch (pytest-benchmark).
+"""Cost of every registered normalization layer (plugins included), as pytest-benchmark groups (issue 14).
 
-Two groups of rows:
+* one group per input shape of :data:`layer_cost.SHAPES` (small images, large maps, batch 2): a training-
+  mode forward + backward of every norm in :func:`~robustbench_norm.norms.list_norms` (and LCN at fixed
+  windows); each row's ``extra_info`` holds its ATen ops (all and non-view), its base norm and
+  ``vs_base``, its best time over its base's best time (:data:`robustbench_norm.norms.cost.BASE_NORM`:
+  LocalNorm, SwitchNorm and Mixture Norm vs BatchNorm, ILM-X vs X, PositionalNorm vs LayerNorm, LCN vs
+  GroupNorm), and ``vs_batchnorm``. Base norms are parametrized first, so their times are known;
+* ``quick-net training step``: one SGD step of the quick net with each norm, ``vs_batchnorm`` the ratio to
+  the BatchNorm net's step (what a user pays).
 
-* ``lcn-vs-groupnorm``: :class:`~robustbench_norm.norms.lcn.LocalContextNorm` (2 channels per group) at
-  windows 7, 31, 127 and 255 against GroupNorm with the same grouping (32 groups) on (8, 64, 128, 128).
-  Targets: LCN at most 4x GroupNorm at every window (stretch 3x), and time(255) / time(7) at most 1.2,
-  i.e. the cost does not grow with the window. Each LCN row's ``extra_info`` holds ``vs_groupnorm`` (its
-  mean time over GroupNorm's) and the 255 row ``vs_window_7``, filled when those rows ran before it in the
-  same session (they are parametrized first).
-* ``all-norms``: every norm in :func:`~robustbench_norm.norms.list_norms` with its default kwargs on
-  (8, 64, 128, 128); ``localnorm`` gets ``num_groups=4`` (divides the batch), norms that need context ids
-  run inside ``use_context`` with id 0 for every sample, and token norms (placement ``"tokens"``) get
-  (8, 256, 64) patch tokens. A norm whose ``build_norm`` raises is skipped with the error as the reason.
+Torch runs one thread for the duration of each test; best of 5 rounds after a warm-up; ratios use the
+best times of one session. ``benchmarks/layer_cost.py`` measures the same steps (all rows of a shape in
+turn, each round) and writes ``docs/layer-cost.md``.
 
-One step is ``torch.autograd.grad`` of the output (with a fixed random output gradient) with respect to
-the input and the layer's parameters, so no gradient accumulates between rounds. Torch keeps its default
-intra-op threads (one per core); ``conftest.py`` sets passive OpenMP waiting unless the environment chooses
-(see there why). On a shared machine the figures are noisy: compare rows of one run.
-
-Run: ``pytest benchmarks/bench_norms.py -p no:cacheprovider --benchmark-only``
+Run: ``pytest benchmarks/bench_norms.py -p no:cacheprovider --benchmark-only`` (add ``-k "small"`` etc.).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from contextlib import nullcontext
 from typing import Any
 
 import pytest
 import torch
-from torch import nn
+from layer_cost import ROUNDS, SHAPES, entries, quick_net_step
 
-from robustbench_norm.norms import build_norm, get_norm, list_norms, use_context
-from robustbench_norm.norms.lcn import LocalContextNorm
+from robustbench_norm.norms import get_norm, list_norms
+from robustbench_norm.norms.cost import BASE_NORM, cost_layer, count_ops, training_step
 
-MAP_SHAPE = (8, 64, 128, 128)
-TOKEN_SHAPE = (8, 256, 64)
-LCN_WINDOWS = (7, 31, 127, 255)
-NORM_KWARGS: dict[str, dict[str, Any]] = {"localnorm": {"num_groups": 4}}
-PEDANTIC = {"rounds": 3, "warmup_rounds": 1, "iterations": 1}
+PEDANTIC = {"rounds": ROUNDS, "warmup_rounds": 1, "iterations": 1}
+BASES = sorted(set(BASE_NORM.values()))
 
-_mean_seconds: dict[str, float] = {}
+_best_seconds: dict[tuple[str, str], float] = {}
 
 
-def _step(layer: nn.Module, x: torch.Tensor) -> Callable[[], tuple[torch.Tensor, ...]]:
-    """One forward + backward of ``layer`` on ``x`` (gradients w.r.t. the input and the parameters)."""
-    x = x.detach().requires_grad_(True)
-    inputs = [x, *(p for p in layer.parameters() if p.requires_grad)]
-    grad = torch.randn(x.shape, generator=torch.Generator().manual_seed(1))
-
-    def run() -> tuple[torch.Tensor, ...]:
-        return torch.autograd.grad(layer(x), inputs, grad)
-
-    return run
+def _ordered(rows: list[Any]) -> list[Any]:
+    """Base norms first, so that every layer's ratio finds its base's time."""
+    return sorted(rows, key=lambda row: row[1] not in BASES)
 
 
-def _input(shape: tuple[int, ...]) -> torch.Tensor:
-    return torch.randn(shape, generator=torch.Generator().manual_seed(0))
+LAYER_CASES = [
+    pytest.param(shape_label, label, name, kwargs, id=f"{shape_label}-{label}")
+    for shape_label in SHAPES
+    for label, name, kwargs in _ordered(entries(shape_label, list_norms()))
+]
 
 
-@pytest.mark.parametrize("layer_name", ["groupnorm", *(f"lcn-{w}" for w in LCN_WINDOWS)])
-def test_lcn_vs_groupnorm(benchmark, layer_name: str) -> None:
-    channels = MAP_SHAPE[1]
-    if layer_name == "groupnorm":
-        layer: nn.Module = nn.GroupNorm(channels // 2, channels)
-    else:
-        layer = LocalContextNorm(channels, channels_per_group=2, window_size=int(layer_name.split("-")[1]))
-    benchmark.group = "lcn-vs-groupnorm"
-    grads = benchmark.pedantic(_step(layer, _input(MAP_SHAPE)), **PEDANTIC)
-    assert grads[0].shape == MAP_SHAPE
+@pytest.fixture
+def one_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def _record(benchmark: Any, group: str, label: str, base: str | None) -> None:
+    """Keep this row's best time and put its ratios to ``base`` and to BatchNorm in ``extra_info``."""
     if benchmark.stats is None:  # --benchmark-disable: the step ran once, untimed
         return
-    mean = benchmark.stats.stats.mean
-    _mean_seconds[layer_name] = mean
-    if layer_name != "groupnorm" and "groupnorm" in _mean_seconds:
-        benchmark.extra_info["vs_groupnorm"] = round(mean / _mean_seconds["groupnorm"], 2)
-    if layer_name == "lcn-255" and "lcn-7" in _mean_seconds:
-        benchmark.extra_info["vs_window_7"] = round(mean / _mean_seconds["lcn-7"], 2)
+    best = benchmark.stats.stats.min
+    _best_seconds[group, label] = best
+    for key, reference in (("vs_base", base), ("vs_batchnorm", "batchnorm")):
+        if reference is not None and (group, reference) in _best_seconds and reference != label:
+            benchmark.extra_info[key] = round(best / _best_seconds[group, reference], 2)
 
 
-@pytest.mark.parametrize("name", list_norms())
-def test_every_norm(benchmark, name: str) -> None:
-    spec = get_norm(name)
-    tokens = spec.placement == "tokens"
-    shape = TOKEN_SHAPE if tokens else MAP_SHAPE
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.parametrize("shape_label, label, name, kwargs", LAYER_CASES)
+def test_layer_cost(benchmark: Any, shape_label: str, label: str, name: str, kwargs: dict[str, Any]) -> None:
+    shape = SHAPES[shape_label]
     try:
-        layer = build_norm(name, shape[-1] if tokens else shape[1], **NORM_KWARGS.get(name, {}))
+        layer = cost_layer(name, shape, **kwargs)
     except Exception as error:  # noqa: BLE001 - any build failure is reported as the skip reason
-        pytest.skip(f"build_norm({name!r}) raised {type(error).__name__}: {error}")
-    ids = torch.zeros(shape[0], dtype=torch.long)
-    step = _step(layer, _input(shape))
+        pytest.skip(f"cost_layer({name!r}, {shape}) raised {type(error).__name__}: {error}")
+    ops = count_ops(layer)
+    group = f"{shape_label} {shape}"
+    benchmark.group = group
+    base = BASE_NORM.get(name)
+    benchmark.extra_info.update({"ops": ops.total, "kernel_ops": ops.kernels, "base": base})
+    grads = benchmark.pedantic(training_step(layer), **PEDANTIC)
+    assert grads[0].shape == layer.shape
+    _record(benchmark, group, label, base)
 
-    def run() -> tuple[torch.Tensor, ...]:
-        with use_context(layer, ids) if spec.needs_context else nullcontext():
-            return step()
 
-    benchmark.group = "all-norms"
-    grads = benchmark.pedantic(run, **PEDANTIC)
-    assert grads[0].shape == shape
+QUICK_NET_NORMS = sorted(
+    (name for name in list_norms() if get_norm(name).placement != "tokens"), key=lambda n: n != "batchnorm"
+)
+
+
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.parametrize("name", QUICK_NET_NORMS)
+def test_quick_net_training_step(benchmark: Any, name: str) -> None:
+    try:
+        step = quick_net_step(name, "cpu")
+    except Exception as error:  # noqa: BLE001 - reported as the skip reason
+        pytest.skip(f"quick_cnn with {name!r} raised {type(error).__name__}: {error}")
+    group = "quick-net training step"
+    benchmark.group = group
+    benchmark.pedantic(step, **PEDANTIC)
+    _record(benchmark, group, name, "batchnorm")
