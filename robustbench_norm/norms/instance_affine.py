@@ -13,12 +13,14 @@ with a constant number of whole-tensor ops, whatever N, H and W:
 * forward: one instance standardisation x_hat = (x - m) / s (PyTorch's fused GroupNorm kernel with C
   groups, which also yields m and 1 / s; s = sqrt(v + tiny) with ``tiny`` the dtype's smallest normal
   number, so a constant instance gives x_hat = 0), then ``y = x_hat * (s * scale) + offset`` in place;
-* backward (written out): with dL/dscale = s * sum_hw dy * x_hat and dL/doffset = sum_hw dy from one fused
-  reduction, autograd through ``head`` gives dL/dm and dL/dv, and
+* backward (written out): with dL/dscale = s * sum_hw dy * x_hat and dL/doffset = sum_hw dy, autograd
+  through ``head`` gives dL/dm and dL/dv, and
 
       dL/dx = dy * scale + (dL/dm - scale * sum_hw dy) / (H W) + dL/dv * 2 (x - m) / (H W),
 
-  written as ``dy * scale + x * P + Q`` with P, Q per (n, c) (two passes over the map).
+  i.e. ``dy * scale + x * P + Q`` with P, Q per (n, c). GroupNorm's fused backward kernel (weight
+  scale / rstd per instance) yields both sums and ``dy * scale + x * P' + Q'`` in one pass; one more pass
+  adds ``x * (P - P') + (Q - Q')``.
 
 Time is O(NCHW) with about the memory traffic of two GroupNorms; the head costs O(NC) whatever it mixes.
 float16 / bfloat16 input is computed in float32 and the output cast back. The backward pass is not twice
@@ -88,27 +90,30 @@ class _InstanceAffine(torch.autograd.Function):
         leaves, scale, offset = ctx.graph
         n, c, h, w = x.shape
         grad_y = grad_y.contiguous()
-        ones = x.new_ones(n * c)
-        _, grad_x_hat_dot, grad_sum = torch.ops.aten.native_group_norm_backward(
-            _flat(grad_y), _flat(x), mean.view(1, -1), rstd.view(1, -1), ones, 1, n * c, h * w, n * c,
-            [False, True, True],
+        need_x = ctx.needs_input_grad[0]
+        # GroupNorm's backward kernel on the instances, with weight scale / rstd: it returns
+        # scale * dy + c2 * x + c3 (c2, c3 GroupNorm's own terms, corrected below), sum_hw dy * x_hat and sum_hw dy.
+        weight = (scale.detach() / rstd).flatten()
+        grad_x, grad_x_hat_dot, grad_sum = torch.ops.aten.native_group_norm_backward(
+            _flat(grad_y), _flat(x), mean.view(1, -1), rstd.view(1, -1), weight, 1, n * c, h * w, n * c,
+            [need_x, True, True],
         )
-        grad_scale = grad_x_hat_dot.view(n, c) / rstd  # sum_hw dy * (x - m)
-        grad_sum = grad_sum.view(n, c)
+        grad_x_hat_dot, grad_sum = grad_x_hat_dot.view(n, c), grad_sum.view(n, c)
         wanted = [leaf for leaf in leaves if leaf.requires_grad]
         grads = iter(torch.autograd.grad(
-            (scale, offset), wanted, (grad_scale, grad_sum), allow_unused=True, retain_graph=True
+            (scale, offset), wanted, (grad_x_hat_dot / rstd, grad_sum), allow_unused=True, retain_graph=True
         ))
         found = [next(grads) if leaf.requires_grad else None for leaf in leaves]
         grad_params = found[2:]
-        grad_x = None
-        if ctx.needs_input_grad[0]:
+        if need_x:
             grad_mean, grad_var = (g if g is not None else torch.zeros_like(mean) for g in found[:2])
             count = h * w
             scale = scale.detach()
             p = grad_var * (2.0 / count)
             q = (grad_mean - scale * grad_sum) / count - p * mean
-            grad_x = (x * _per_map(p)).add_(_per_map(q)).addcmul_(grad_y, _per_map(scale))
+            kernel_c2 = -scale * rstd * grad_x_hat_dot / count
+            kernel_c3 = -kernel_c2 * mean - scale * grad_sum / count
+            grad_x = grad_x.view(x.shape).addcmul_(x, _per_map(p - kernel_c2)).add_(_per_map(q - kernel_c3))
         return (grad_x, None, *grad_params)
 
 

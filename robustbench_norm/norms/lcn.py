@@ -237,7 +237,7 @@ def _statistics(xs: Tensor, rows: _Axis, cols: _Axis, eps: float) -> Tensor:
     planes = xs.new_empty(2, n, groups, height, width)
     if rows.window * cols.window == 1:
         mean = _channel_sum(xs, planes[0]).div_(per_group)
-        deviation = xs.sub_(mean.unsqueeze(2))  # xs becomes x - mean, which the caller normalises
+        deviation = xs - mean.unsqueeze(2)
         _channel_sum(deviation, planes[1], weight=deviation).div_(per_group).add_(eps).rsqrt_()
         return planes
     _channel_sum(xs, planes[0])
@@ -245,9 +245,7 @@ def _statistics(xs: Tensor, rows: _Axis, cols: _Axis, eps: float) -> Tensor:
     buffer, block = _box_sums(planes, rows, cols)
     block.div_(per_group * rows.window * cols.window)
     block[1].addcmul_(block[0], block[0], value=-1.0).clamp_min_(0.0).add_(eps).rsqrt_()
-    stats = _replicate_(buffer, rows, cols)
-    xs.sub_(stats[0].unsqueeze(2))
-    return stats
+    return _replicate_(buffer, rows, cols)
 
 
 def _input_grad(
@@ -308,10 +306,11 @@ class _LocalContextNormFunction(torch.autograd.Function):
         shift = xv.mean((2, 3, 4), keepdim=True)
         y = torch.empty_like(x)  # returned as is (not a view), so it may be modified in place afterwards
         xs = torch.sub(xv, shift, out=_grouped(y, groups))
-        stats = _statistics(xs, rows, cols, eps)  # leaves x - shift - mean in xs
-        xs.mul_(stats[1].unsqueeze(2))
+        stats = _statistics(xs, rows, cols, eps)
+        mean, rstd = stats[0].unsqueeze(2), stats[1].unsqueeze(2)
+        torch.addcmul(-mean * rstd, xs, rstd, out=xs)  # (x - shift - mean) * rstd in one pass
         if weight is not None:
-            xs.mul_(weight.view(1, groups, -1, 1, 1)).add_(bias.view(1, groups, -1, 1, 1))
+            torch.addcmul(bias.view(1, groups, -1, 1, 1), xs, weight.view(1, groups, -1, 1, 1), out=xs)
         ctx.save_for_backward(x, weight, shift, stats)
         ctx.setup = (groups, rows, cols)
         return y
@@ -322,7 +321,8 @@ class _LocalContextNormFunction(torch.autograd.Function):
         x, weight, shift, stats = ctx.saved_tensors
         groups, rows, cols = ctx.setup
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
-        x_hat = (_grouped(x, groups) - shift).sub_(stats[0].unsqueeze(2)).mul_(stats[1].unsqueeze(2))
+        mean, rstd = stats[0].unsqueeze(2), stats[1].unsqueeze(2)
+        x_hat = torch.addcmul((mean + shift).mul_(rstd).neg_(), _grouped(x, groups), rstd)
         grad_y = _grouped(grad_y.contiguous(), groups)
         product = grad_y * x_hat
         grad_w = product.sum((0, 3, 4)).view(-1) if need_w else None

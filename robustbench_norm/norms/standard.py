@@ -315,9 +315,11 @@ class _PositionalNormFunction(torch.autograd.Function):
     """PositionalNorm ``y = (x - mu) * rstd * gamma_c + beta_c`` with mean and biased variance over dim 1.
 
     Forward: mu = mean_c x, x_hat = (x - mu) * rstd with rstd = 1 / sqrt(mean_c (x - mu)^2 + eps) (two
-    passes, so an offset of the input does not cancel). Backward, with g = dL/dy * gamma:
-    dL/dx = rstd * (g - mean_c g - x_hat * mean_c(g * x_hat)), dL/dgamma = sum dL/dy * x_hat,
-    dL/dbeta = sum dL/dy (sums over N, H, W). x_hat and rstd are kept for the backward pass.
+    passes, so an offset of the input does not cancel), then the per-channel affine. Backward, with
+    g = dL/dy * gamma: dL/dx = rstd * (g - mean_c g - x_hat * mean_c(g * x_hat)), dL/dgamma = sum dL/dy * x_hat,
+    dL/dbeta = sum dL/dy (sums over N, H, W). The per-channel steps (affine; g, dL/dgamma, dL/dbeta) run as
+    BatchNorm's fused eval-mode kernels with mean 0, variance 1 and eps 0. x_hat and rstd are kept for the
+    backward pass.
     """
 
     @staticmethod
@@ -326,15 +328,22 @@ class _PositionalNormFunction(torch.autograd.Function):
         rstd = torch.linalg.vecdot(x_hat, x_hat, dim=1).unsqueeze_(1).div_(x.shape[1]).add_(eps).rsqrt_()
         x_hat.mul_(rstd)
         ctx.save_for_backward(x_hat, rstd, weight)
-        return torch.mul(x_hat, weight[:, None, None]).add_(bias[:, None, None])
+        zeros, ones = _identity_statistics(weight)
+        return F.batch_norm(x_hat, zeros, ones, weight, bias, training=False, eps=0.0)
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad_y: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         x_hat, rstd, weight = ctx.saved_tensors
-        g = grad_y * weight[:, None, None]
-        grad_weight = torch.mul(grad_y, x_hat).sum((0, 2, 3))
-        grad_bias = grad_y.sum((0, 2, 3))
+        zeros, ones = _identity_statistics(weight)
+        g, grad_weight, grad_bias = torch.ops.aten.native_batch_norm_backward(
+            grad_y.contiguous(), x_hat, weight, zeros, ones, None, None, False, 0.0, [True, True, True]
+        )
         projection = torch.linalg.vecdot(g, x_hat, dim=1).unsqueeze_(1).div_(x_hat.shape[1])
         g.sub_(g.mean(1, keepdim=True)).addcmul_(x_hat, projection, value=-1.0).mul_(rstd)
         return g, grad_weight, grad_bias, None
+
+
+def _identity_statistics(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Running mean 0 and variance 1 of BatchNorm's eval kernel, which then computes ``x * weight + bias``."""
+    return torch.zeros_like(weight), torch.ones_like(weight)
