@@ -28,6 +28,7 @@ from robustbench_norm.norms import build_norm, check_kwargs, get_norm
 
 BODY_NORM = "batchnorm"
 TOKEN_ARCH = "vit_tiny"
+TOKEN_ARCHS: tuple[str, ...] = (TOKEN_ARCH,)
 
 _ARCHS: dict[str, Callable[..., nn.Module]] = {
     "quick_cnn": QuickCNN,
