@@ -36,6 +36,12 @@ Paper vs code (and our choices):
   and neither is copied. C must be a multiple of key_group_size and (ilm_gn) of num_groups.
 * Gradients flow through all statistics (nothing detached), as in the code.
 
+Computation. The key-group and standardisation-group moments follow exactly from the (N, C) per-channel
+moments (law of total variance; unbiased by n / (n - 1) afterwards), so steps 1-6 run as one fused instance
+standardisation plus an affine map per (n, c), with the auto-encoder on (N, C)-sized tensors
+(:func:`robustbench_norm.norms.instance_affine.instance_affine`, written-out backward). An empty batch
+gives an empty output.
+
 Shapes: input and output (N, C, H, W). Cost: O(N C H W) for the statistics and the output, plus
 O(N D M) for the auto-encoder; 3 D M + 2 C parameters.
 """

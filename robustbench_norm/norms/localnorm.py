@@ -32,6 +32,13 @@ Default K = 4: the paper finds 4-8 groups best (Fig. 11) and uses groups of 16 i
 batch 128); K = 4 keeps groups of 16 at this project's batch size 64 and divides every training batch size of
 the batch-size scenario down to 4. The authors' MNIST setting is K = 10 at batch 100.
 
+Empty batch: ``ValueError`` (a sub-batch of no samples has no statistics).
+
+Computation. Each sub-batch moment follows from the (N, C) per-sample moments (law of total variance), so
+the layer runs as one fused instance standardisation plus an affine map per (n, c)
+(:func:`robustbench_norm.norms.instance_affine.instance_affine`, written-out backward): the same number of
+ATen ops for any N, K, H and W, and no Python loop over sub-batches.
+
 Shapes: input and output ``(N, C, H, W)``; ``weight``, ``bias``: ``(K, C)``. Cost: O(NCHW), as BatchNorm.
 """
 

@@ -26,7 +26,10 @@ Departures from the authors' PyTorch code (reference/layers.md 5.1), all deliber
 * running_var initialised to 1, where the reference initialises it to 0.
 
 Shapes: input and output ``(N, C, H, W)``; ``weight``, ``bias``, running buffers ``(C,)``; ``mean_weight``,
-``var_weight``: ``(3,)``. Cost: O(NCHW), about two BatchNorms.
+``var_weight``: ``(3,)``. Cost: O(NCHW): one fused instance standardisation plus an affine map per (n, c), with
+the mixing done on (N, C) tensors (:func:`robustbench_norm.norms.instance_affine.instance_affine`, written-out
+backward). An empty batch gives an empty output and leaves the running estimates untouched; a batch whose
+statistics are not finite (NaN or inf input) leaves the affected running entries untouched.
 """
 
 from __future__ import annotations
@@ -61,7 +64,7 @@ class SwitchNorm(nn.Module):
     (biased IN variance, so a 1x1 map gives no NaN).
 
     Shapes: input and output ``(N, C, H, W)``; ``weight``, ``bias``: ``(C,)``; ``mean_weight``, ``var_weight``:
-    ``(3,)``; buffers ``running_mean``, ``running_var``: ``(C,)``. Cost: O(NCHW).
+    ``(3,)``; buffers ``running_mean``, ``running_var``: ``(C,)``. Cost: O(NCHW) (module docstring).
     """
 
     def __init__(self, num_features: int, *, eps: float = 1e-5, momentum: float = 0.1) -> None:
