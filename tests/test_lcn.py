@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -304,9 +305,9 @@ def test_cuda_matches_cpu():
     layer = _randomized(LocalContextNorm(8, channels_per_group=2, window_size=(5, 7)))
     grad = _randn(3, 8, 20, 24, seed=12, dtype=torch.float32)
     cpu = torch.autograd.grad(layer(x.requires_grad_(True)), x, grad)[0]
-    layer_cuda, x_cuda = layer.cuda(), x.detach().cuda().requires_grad_(True)
-    y_cuda = layer_cuda(x_cuda)
-    torch.testing.assert_close(y_cuda.cpu(), layer.cpu()(x.detach()), rtol=0, atol=1e-4)
+    layer_cuda, x_cuda = copy.deepcopy(layer).cuda(), x.detach().cuda().requires_grad_(True)
+    y_cuda = layer_cuda(x_cuda)  # (.cuda() moves in place: the CPU layer must stay a separate module)
+    torch.testing.assert_close(y_cuda.cpu(), layer(x.detach()), rtol=0, atol=1e-4)
     torch.testing.assert_close(torch.autograd.grad(y_cuda, x_cuda, grad.cuda())[0].cpu(), cpu, rtol=0, atol=1e-3)
 
 
