@@ -318,7 +318,7 @@ class _PositionalNormFunction(torch.autograd.Function):
     passes, so an offset of the input does not cancel), then the per-channel affine. Backward, with
     g = dL/dy * gamma: dL/dx = rstd * (g - mean_c g - x_hat * mean_c(g * x_hat)), dL/dgamma = sum dL/dy * x_hat,
     dL/dbeta = sum dL/dy (sums over N, H, W). The per-channel steps (affine; g, dL/dgamma, dL/dbeta) run as
-    BatchNorm's fused eval-mode kernels with mean 0, variance 1 and eps 0. x_hat and rstd are kept for the
+    BatchNorm's fused eval-mode kernels with mean 0, variance 1 and eps 1e-30 (no effect). x_hat and rstd are kept for the
     backward pass.
     """
 
@@ -329,7 +329,7 @@ class _PositionalNormFunction(torch.autograd.Function):
         x_hat.mul_(rstd)
         ctx.save_for_backward(x_hat, rstd, weight)
         zeros, ones = _identity_statistics(weight)
-        return F.batch_norm(x_hat, zeros, ones, weight, bias, training=False, eps=0.0)
+        return F.batch_norm(x_hat, zeros, ones, weight, bias, training=False, eps=_IDENTITY_EPS)
 
     @staticmethod
     @once_differentiable
@@ -337,11 +337,15 @@ class _PositionalNormFunction(torch.autograd.Function):
         x_hat, rstd, weight = ctx.saved_tensors
         zeros, ones = _identity_statistics(weight)
         g, grad_weight, grad_bias = torch.ops.aten.native_batch_norm_backward(
-            grad_y.contiguous(), x_hat, weight, zeros, ones, None, None, False, 0.0, [True, True, True]
+            grad_y.contiguous(), x_hat, weight, zeros, ones, None, None, False, _IDENTITY_EPS, [True, True, True]
         )
         projection = torch.linalg.vecdot(g, x_hat, dim=1).unsqueeze_(1).div_(x_hat.shape[1])
         g.sub_(g.mean(1, keepdim=True)).addcmul_(x_hat, projection, value=-1.0).mul_(rstd)
         return g, grad_weight, grad_bias, None
+
+
+# BatchNorm's CUDA kernels refuse eps = 0; 1 + 1e-30 rounds to exactly 1 in every floating dtype.
+_IDENTITY_EPS = 1e-30
 
 
 def _identity_statistics(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
