@@ -8,6 +8,11 @@
 * ``compare A.csv B.csv [--metric accuracy] [--tolerance 0.02]``: the seed means of two result CSVs
   joined on the key without seed; exit code 1 if any B < A - tolerance (higher is better), else 0.
 
+* ``sweep [--profile P] [--norm ...] [--scenario ...] --executor {local,slurm} [--dry-run | --evaluate]``: train
+  the models a profile needs as submitit jobs into the checkpoint cache (:mod:`robustbench_norm.sweep`); exit
+  code 1 when a job failed or diverged;
+* ``merge DIR... --into DIR``: merge result folders by row key (other devices and recipes kept side by side).
+
 Exit codes of ``list``, ``publish`` and ``compare``: 0 success, 1 only for "regression found" (``compare``),
 2 for every error (bad arguments, a missing file, a damaged CSV: the message names the file and the problem).
 
@@ -168,6 +173,59 @@ def _cmd_select_recipe(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from robustbench_norm.sweep import sweep_command
+
+    return sweep_command(args)
+
+
+def _cmd_merge(args: argparse.Namespace) -> int:
+    from robustbench_norm.sweep import merge_command
+
+    return merge_command(args)
+
+
+def _add_sweep_and_merge_parsers(commands: argparse._SubParsersAction) -> None:
+    sweep = commands.add_parser("sweep", help="train a profile's models as submitit jobs (local or SLURM)")
+    sweep.add_argument("--profile", default="quick", help="quick or paper (default: quick)")
+    sweep.add_argument("--norm", action="append", default=[],
+                       help="norm(s), repeatable or comma-separated (default: every registered norm)")
+    sweep.add_argument("--scenario", action="append", default=[],
+                       help="scenario(s), repeatable or comma-separated (default: every one of the profile)")
+    sweep.add_argument("--seeds", type=int, default=3, help="training seeds 0..N-1 (default: 3)")
+    sweep.add_argument("--epochs", type=int, default=None, help="override every schedule's epochs (smoke runs)")
+    sweep.add_argument("--norm-kwargs", default="{}", help="JSON object of kwargs for every selected norm")
+    sweep.add_argument("--device", default="auto", help="where the jobs train: auto (slurm: cuda unless "
+                       "--gpus-per-job 0; local: this machine's), cpu or cuda")
+    sweep.add_argument("--data-dir", default=None, help="folder holding the real data sets (paper profile)")
+    sweep.add_argument("--cache-dir", default=None, help="checkpoint cache every job shares (default: "
+                       "$ROBUSTBENCH_NORM_CACHE or the user cache)")
+    sweep.add_argument("--executor", default="local", help="local (subprocesses here) or slurm (default: local)")
+    sweep.add_argument("--config", default=None, help="JSON or TOML file of the cluster options below "
+                       "(keys: partition, account, qos, gpus_per_job, cpus_per_job, mem_gb, time_min, "
+                       "array_parallelism); the command line wins")
+    sweep.add_argument("--partition", default=None, help="SLURM partition")
+    sweep.add_argument("--account", default=None, help="SLURM account")
+    sweep.add_argument("--qos", default=None, help="SLURM quality of service")
+    sweep.add_argument("--gpus-per-job", type=int, default=None, help="GPUs per job (default: 1 on cuda, else 0)")
+    sweep.add_argument("--cpus-per-job", type=int, default=None, help="CPU cores per job = torch threads (default 1)")
+    sweep.add_argument("--mem-gb", type=float, default=None, help="memory per job in GB")
+    sweep.add_argument("--time-min", type=int, default=None, help="time limit of each job in minutes (default 240)")
+    sweep.add_argument("--array-parallelism", type=int, default=None,
+                       help="jobs running at once (default: slurm 256; local: CPU cores / --cpus-per-job)")
+    sweep.add_argument("--log-dir", default=None, help="where job files, logs and report.json go (default: "
+                       "<cache-dir>/sweeps/<date>-<pid>)")
+    sweep.add_argument("--dry-run", action="store_true",
+                       help="list the jobs (cache key, cached or not) and the estimated training hours; submit nothing")
+    sweep.add_argument("--no-wait", action="store_true", help="submit and return without waiting for the jobs")
+    sweep.add_argument("--evaluate", action="store_true",
+                       help="evaluate the cached models into --results-dir (trains nothing)")
+    sweep.add_argument("--results-dir", default="results", help="where --evaluate writes rows (default: results)")
+    merge = commands.add_parser("merge", help="merge result folders by row key (devices and recipes kept apart)")
+    merge.add_argument("sources", nargs="+", help="result folders, in order (a later one wins an identical key)")
+    merge.add_argument("--into", required=True, help="result folder to merge into (created if missing)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``robustbench-norm``."""
     parser = argparse.ArgumentParser(prog="robustbench-norm",
@@ -210,6 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--metric", default="accuracy", help="metric to compare (default: accuracy)")
     compare.add_argument("--tolerance", type=float, default=0.02,
                          help="allowed drop of B below A (default: 0.02)")
+    _add_sweep_and_merge_parsers(commands)
     return parser
 
 
@@ -221,7 +280,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.argv = argv[1:]
     handlers = {"list": _cmd_list, "publish": _cmd_publish, "compare": _cmd_compare,
-                "check-convergence": _cmd_check_convergence, "select-recipe": _cmd_select_recipe}
+                "check-convergence": _cmd_check_convergence, "select-recipe": _cmd_select_recipe,
+                "sweep": _cmd_sweep, "merge": _cmd_merge}
     try:
         return handlers[args.command](args)
     except (ValueError, OSError) as error:  # damaged or unreadable inputs: an error, never "regression found"
