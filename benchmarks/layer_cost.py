@@ -9,7 +9,8 @@ with the layer in place, which is what a user pays. On the CPU torch runs one th
     python benchmarks/layer_cost.py --json after.json                    # this checkout, CPU
     python benchmarks/layer_cost.py --json gpu.json --device cuda        # this checkout, GPU
     python benchmarks/layer_cost.py --revision REV --json before.json    # the package at git REV
-    python benchmarks/layer_cost.py --write-doc --after after.json --before before.json [--gpu gpu.json]
+    python benchmarks/layer_cost.py --run "CPU title" after.json before.json [--run ...] [--gpu gpu.json] \\
+        [--notes notes.md]                                               # write docs/layer-cost.md
 
 ``--revision`` extracts ``robustbench_norm`` at REV (``git archive``) into a temporary folder, adds this
 checkout's ``robustbench_norm/norms/cost.py`` (the op counter and layer builder, which only use registry
@@ -76,18 +77,22 @@ def _synchronize(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def best_times(steps: dict[str, Callable[[], Any]], device: str, rounds: int = ROUNDS) -> dict[str, float]:
-    """Best wall time (ms) of each step over ``rounds`` rounds, the steps run in turn within a round."""
+def best_times(
+    steps: dict[str, Callable[[], Any]], device: str, rounds: int = ROUNDS
+) -> dict[str, tuple[float, float]]:
+    """Best wall time and best thread CPU time (ms) of each step over ``rounds`` rounds, the steps run in turn
+    within a round. On a loaded machine the CPU time leaves out the time the thread waited for a core."""
     for step in steps.values():
         step()
-    best = {label: float("inf") for label in steps}
+    best = {label: (float("inf"), float("inf")) for label in steps}
     for _ in range(rounds):
         for label, step in steps.items():
             _synchronize(device)
-            start = time.perf_counter()
+            wall, cpu = time.perf_counter(), time.thread_time()
             step()
             _synchronize(device)
-            best[label] = min(best[label], (time.perf_counter() - start) * 1e3)
+            elapsed = ((time.perf_counter() - wall) * 1e3, (time.thread_time() - cpu) * 1e3)
+            best[label] = (min(best[label][0], elapsed[0]), min(best[label][1], elapsed[1]))
     return best
 
 
@@ -105,8 +110,8 @@ def measure_shape(shape_label: str, names: list[str], device: str) -> dict[str, 
             rows[label] = {"name": name, "ops": ops.total, "kernels": ops.kernels}
         except Exception as error:  # noqa: BLE001 - a layer that cannot run this shape is reported, not fatal
             rows[label] = {"name": name, "error": f"{type(error).__name__}: {error}"}
-    for label, ms in best_times(steps, device).items():
-        rows[label]["ms"] = ms
+    for label, (wall, cpu) in best_times(steps, device).items():
+        rows[label].update(ms=wall, cpu_ms=cpu)
     return rows
 
 
@@ -144,8 +149,8 @@ def measure_quick_net(names: list[str], device: str) -> dict[str, dict[str, Any]
             rows[name] = {}
         except Exception as error:  # noqa: BLE001 - reported in the table
             rows[name] = {"error": f"{type(error).__name__}: {error}"}
-    for name, ms in best_times(steps, device).items():
-        rows[name]["ms"] = ms
+    for name, (wall, cpu) in best_times(steps, device).items():
+        rows[name].update(ms=wall, cpu_ms=cpu)
     return rows
 
 
@@ -191,11 +196,11 @@ def measure_revision(revision: str, json_path: Path, shape_labels: list[str]) ->
         subprocess.run(command, cwd=folder, env={**os.environ, "PYTHONPATH": folder}, check=True)
 
 
-def ratio(rows: dict[str, dict[str, Any]], label: str, base: str | None) -> float | None:
-    """Time of row ``label`` over the time of row ``base`` (None if either is missing)."""
-    if base is None or "ms" not in rows.get(label, {}) or "ms" not in rows.get(base, {}):
+def ratio(rows: dict[str, dict[str, Any]], label: str, base: str | None, key: str = "ms") -> float | None:
+    """Time (``key``: "ms" wall, "cpu_ms" thread CPU) of row ``label`` over that of row ``base``, or None."""
+    if base is None or key not in rows.get(label, {}) or key not in rows.get(base, {}):
         return None
-    return rows[label]["ms"] / rows[base]["ms"]
+    return rows[label][key] / rows[base][key]
 
 
 def base_of(label: str, rows: dict[str, dict[str, Any]]) -> str | None:
@@ -224,31 +229,43 @@ def _target(label: str, rows: dict[str, dict[str, Any]]) -> tuple[str, str]:
     name = rows[label].get("name", label)
     if name not in TARGETS:
         return "", ""
-    value = ratio(rows, label, base_of(label, rows))
-    met = "" if value is None else ("yes" if value <= TARGETS[name] else "**no**")
+    wall, cpu = ratio(rows, label, base_of(label, rows)), ratio(rows, label, base_of(label, rows), "cpu_ms")
+    if wall is None:
+        return f"<= {TARGETS[name]:g}x", ""
+    verdicts = [value <= TARGETS[name] for value in (wall, cpu) if value is not None]
+    met = "yes" if all(verdicts) else ("**no**" if not any(verdicts) else "wall or cpu only")
     return f"<= {TARGETS[name]:g}x", met
 
 
 def shape_table(label: str, after: dict[str, Any], before: dict[str, Any] | None) -> list[str]:
-    """Markdown rows comparing before and after on one shape."""
+    """Markdown rows comparing before and after on one shape (ratios of wall times, and of thread CPU times)."""
     rows_after = after["shapes"][label]
     rows_before = before["shapes"].get(label) if before else None
     lines = [
-        "| layer | base | before ms | before / base | after ms | after / base | after / BN | target | met "
-        "| ATen ops before | ATen ops after |",
+        "| layer | base | before ms | before / base (cpu) | after ms | after / base (cpu) | after / BN | target "
+        "| met | ATen ops before | ATen ops after |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows_after:
         base = base_of(row, rows_after)
-        before_ratio = ratio(rows_before, row, base) if rows_before else None
         target, met = _target(row, rows_after)
         cells = [
-            row, base or "", _ms(rows_before, row), _times(before_ratio), _ms(rows_after, row),
-            _times(ratio(rows_after, row, base)), _times(ratio(rows_after, row, "batchnorm")), target, met,
+            row, base or "", _ms(rows_before, row), _both(rows_before, row, base), _ms(rows_after, row),
+            _both(rows_after, row, base), _times(ratio(rows_after, row, "batchnorm")), target, met,
             _ops(rows_before, row), _ops(rows_after, row),
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
+
+
+def _both(rows: dict[str, dict[str, Any]] | None, label: str, base: str | None) -> str:
+    """'wall-time ratio (CPU-time ratio)', or '' without data."""
+    if rows is None:
+        return ""
+    wall, cpu = ratio(rows, label, base), ratio(rows, label, base, "cpu_ms")
+    if wall is None:
+        return ""
+    return f"{wall:.2f}x" + ("" if cpu is None else f" ({cpu:.2f}x)")
 
 
 def gpu_table(gpu: dict[str, Any]) -> list[str]:
@@ -269,50 +286,69 @@ def gpu_table(gpu: dict[str, Any]) -> list[str]:
 
 def quick_net_table(after: dict[str, Any], before: dict[str, Any] | None, gpu: dict[str, Any] | None) -> list[str]:
     """Markdown rows of the quick-net training step, as ms and as a multiple of the BatchNorm net's."""
-    columns = [("before", before), ("after", after)] + ([("GPU", gpu)] if gpu else [])
+    columns = [("before", before), ("after", after), ("GPU", gpu)]
     columns = [(title, run["quick_net"]) for title, run in columns if run and "quick_net" in run]
-    lines = ["| norm | " + " | ".join(f"{t} ms | {t} / BN net" for t, _ in columns) + " |",
+    lines = ["| norm | " + " | ".join(f"{t} ms | {t} / BN net (cpu)" for t, _ in columns) + " |",
              "|---|" + "---|---|" * len(columns)]
     for name in after["quick_net"]:
         cells = [name]
         for _, rows in columns:
-            cells += [_ms(rows, name), _times(ratio(rows, name, "batchnorm"))]
+            cells += [_ms(rows, name), _both(rows, name, "batchnorm" if name != "batchnorm" else None)]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
 
-def render_doc(after: dict[str, Any], before: dict[str, Any] | None, gpu: dict[str, Any] | None) -> str:
-    """The text of ``docs/layer-cost.md``."""
+def run_section(title: str, after: dict[str, Any], before: dict[str, Any] | None) -> list[str]:
+    """The tables of one CPU run (this checkout, and the code before if measured alongside)."""
     meta = after["meta"]
     lines = [
-        "# Layer cost",
         "",
-        "Time of one training-mode forward + backward (input and parameter gradients) of every registered",
-        "normalization layer, best of {rounds} after a warm-up, all layers of a shape timed in turn in each round "
-        "(so a layer and its base norm see the same load), and its ATen ops counted with a dispatch-mode counter "
-        "(all ops, and in parentheses the non-view ops, i.e. kernel launches on a GPU). \"base\" is the norm the "
-        "layer reduces to or extends; the targets are issue 14's. Produced by `benchmarks/layer_cost.py` "
-        "(module docstring: commands).".format(rounds=meta["rounds"]),
+        f"## {title}",
         "",
-        f"CPU: {meta['device']}, torch {meta['torch']}, {meta['threads']} thread; load average (1, 5, 15 min) "
+        f"{meta['device']}, torch {meta['torch']}, {meta['threads']} thread; load average (1, 5, 15 min) "
         f"{meta['load_before']} before and {meta['load_after']} after the run of this checkout.",
     ]
     if before:
         lines.append(
-            f"\"before\" is the code just before this work, measured in the same session by the same script "
+            f"\"before\" is the code before this work, measured right after by the same script "
             f"(load {before['meta']['load_before']} before, {before['meta']['load_after']} after)."
         )
     for label in after["shapes"]:
-        lines += ["", f"## {label}: input {tuple(SHAPES[label])}", ""] + shape_table(label, after, before)
+        lines += ["", f"### {label}: input {tuple(SHAPES[label])}", ""] + shape_table(label, after, before)
     if "quick_net" in after:
         lines += [
             "",
-            f"## One training step of the quick net ({QUICK_NET['arch']}, batch {QUICK_NET['batch']}, "
+            f"### One training step of the quick net ({QUICK_NET['arch']}, batch {QUICK_NET['batch']}, "
             f"{QUICK_NET['image_size']}x{QUICK_NET['image_size']}x{QUICK_NET['in_channels']})",
             "",
-        ] + quick_net_table(after, before, gpu)
+        ] + quick_net_table(after, before, None)
+    return lines
+
+
+def render_doc(
+    runs: list[tuple[str, dict[str, Any], dict[str, Any] | None]], gpu: dict[str, Any] | None, notes: str
+) -> str:
+    """The text of ``docs/layer-cost.md``: ``runs`` are (title, this checkout, before) CPU runs."""
+    lines = [
+        "# Layer cost",
+        "",
+        f"Time of one training-mode forward + backward (input and parameter gradients) of every registered "
+        f"normalization layer, best of {ROUNDS} after a warm-up, all layers of a shape timed in turn in each "
+        "round (so a layer and its base norm see the same load), and its ATen ops counted with a dispatch-mode "
+        "counter: all ops, and in parentheses the non-view ops (kernel launches on a GPU). \"base\" is the norm "
+        "the layer reduces to or extends (`robustbench_norm.norms.cost.BASE_NORM`); the targets are issue 14's. "
+        "Produced by `benchmarks/layer_cost.py` (its docstring has the commands); "
+        "`pytest benchmarks/bench_norms.py --benchmark-only` times the same steps as pytest-benchmark groups.",
+    ]
+    if notes:
+        lines += ["", notes]
+    for title, after, before in runs:
+        lines += run_section(title, after, before)
     if gpu:
         lines += ["", f"## GPU: {gpu['meta']['device']}, torch {gpu['meta']['torch']}", ""] + gpu_table(gpu)
+        if "quick_net" in gpu:
+            lines += ["", "### One training step of the quick net on the GPU", ""]
+            lines += quick_net_table(gpu, None, None)
     return "\n".join(lines) + "\n"
 
 
@@ -323,10 +359,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--shape", action="append", choices=list(SHAPES), help="shapes to measure (default all)")
     parser.add_argument("--no-quick-net", action="store_true", help="skip the quick-net training step")
     parser.add_argument("--revision", help="measure the package at this git revision instead")
-    parser.add_argument("--write-doc", action="store_true", help=f"write {DOC.relative_to(ROOT)}")
-    parser.add_argument("--after", type=Path, help="results of this checkout (CPU)")
-    parser.add_argument("--before", type=Path, help="results of the code before (CPU)")
-    parser.add_argument("--gpu", type=Path, help="results of this checkout on a GPU")
+    parser.add_argument(
+        "--run", nargs="+", action="append", default=[], metavar="TITLE AFTER [BEFORE]",
+        help="a CPU run for the doc: its title, this checkout's results and optionally the code before's",
+    )
+    parser.add_argument("--gpu", type=Path, help="results of this checkout on a GPU, for the doc")
+    parser.add_argument("--notes", type=Path, help="a markdown file whose text goes under the doc's intro")
     args = parser.parse_args(argv)
     shape_labels = args.shape or list(SHAPES)
     if args.revision:
@@ -334,8 +372,10 @@ def main(argv: list[str] | None = None) -> None:
     elif args.json:
         result = measure(args.device, shape_labels, quick_net=not args.no_quick_net)
         args.json.write_text(json.dumps(result, indent=1))
-    if args.write_doc:
-        DOC.write_text(render_doc(_read(args.after), _read(args.before), _read(args.gpu)))
+    if args.run:
+        runs = [(title, _read(Path(after)), _read(Path(rest[0])) if rest else None) for title, after, *rest in args.run]
+        notes = args.notes.read_text().strip() if args.notes else ""
+        DOC.write_text(render_doc(runs, _read(args.gpu), notes))
 
 
 def _read(path: Path | None) -> dict[str, Any] | None:
