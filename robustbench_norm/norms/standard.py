@@ -318,8 +318,8 @@ class _PositionalNormFunction(torch.autograd.Function):
     passes, so an offset of the input does not cancel), then the per-channel affine. Backward, with
     g = dL/dy * gamma: dL/dx = rstd * (g - mean_c g - x_hat * mean_c(g * x_hat)), dL/dgamma = sum dL/dy * x_hat,
     dL/dbeta = sum dL/dy (sums over N, H, W). The per-channel steps (affine; g, dL/dgamma, dL/dbeta) run as
-    BatchNorm's fused eval-mode kernels with mean 0, variance 1 and eps 1e-30 (no effect). x_hat and rstd are kept for the
-    backward pass.
+    BatchNorm's fused eval-mode kernels with mean 0, variance 1 and eps 1e-30 (no effect). x_hat and rstd are
+    kept for the backward pass.
     """
 
     @staticmethod
