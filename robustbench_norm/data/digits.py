@@ -16,24 +16,12 @@ from functools import lru_cache
 import torch
 import torch.nn.functional as F
 
-from .imageset import DatasetBundle, ImageSet
+from .imageset import DatasetBundle, fixed_split_bundle
 
 NAME = "digits"
 IMAGE_SIZE = 28
 TEST_COUNT = 360
-SPLIT_RANDOM_STATE = 0
 _DIGIT_BOX = 20
-
-
-@lru_cache(maxsize=1)
-def _split_indices() -> tuple[torch.Tensor, torch.Tensor]:
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
-    labels = load_digits().target
-    train, test = train_test_split(torch.arange(len(labels)).numpy(), test_size=TEST_COUNT, stratify=labels,
-                                   random_state=SPLIT_RANDOM_STATE)
-    return torch.from_numpy(train.copy()), torch.from_numpy(test.copy())
 
 
 @lru_cache(maxsize=1)
@@ -51,12 +39,4 @@ def _all_digits() -> tuple[torch.Tensor, torch.Tensor]:
 def load_digits_bundle() -> DatasetBundle:
     """The full fixed split: train 1,437 and test 360 images, uint8 (N, 1, 28, 28), labels 0..9."""
     images, labels = _all_digits()
-    train, test = _split_indices()
-    return DatasetBundle(
-        name=NAME,
-        train=ImageSet(images[train], labels[train], f"{NAME}/train"),
-        test=ImageSet(images[test], labels[test], f"{NAME}/test"),
-        num_classes=10,
-        channels=1,
-        image_size=IMAGE_SIZE,
-    )
+    return fixed_split_bundle(NAME, images, labels, test_count=TEST_COUNT, num_classes=10)

@@ -152,3 +152,16 @@ def validation_split(image_set: ImageSet, fraction: float = 0.2, *, seed: int = 
     kept = torch.ones(len(image_set), dtype=torch.bool)
     kept[held_out] = False
     return image_set.subset(torch.nonzero(kept).flatten()), image_set.subset(held_out)
+
+
+def fixed_split_bundle(name: str, images: Tensor, labels: Tensor, *, test_count: int,
+                       num_classes: int) -> DatasetBundle:
+    """A grey data set with a fixed, stratified, seed-independent split: scikit-learn's ``train_test_split``
+    with ``test_size=test_count``, ``stratify=labels`` and ``random_state=0`` (the embedded real sets)."""
+    from sklearn.model_selection import train_test_split
+
+    train, test = (torch.from_numpy(part.copy()) for part in train_test_split(
+        torch.arange(len(labels)).numpy(), test_size=test_count, stratify=labels.numpy(), random_state=0))
+    return DatasetBundle(name=name, train=ImageSet(images[train], labels[train], f"{name}/train"),
+                         test=ImageSet(images[test], labels[test], f"{name}/test"), num_classes=num_classes,
+                         channels=images.shape[1], image_size=images.shape[-1])

