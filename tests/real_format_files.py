@@ -68,14 +68,16 @@ def _pickle(path: Path, entry: dict) -> None:
         pickle.dump(entry, handle)
 
 
-def write_cifar(root: Path, rng: np.random.Generator, hundred: bool, per_file: int = 6) -> dict[str, dict]:
+def write_cifar(root: Path, rng: np.random.Generator, hundred: bool, per_file: int = 6,
+                test_per_file: int | None = None) -> dict[str, dict]:
+    """``per_file`` images in every training file, ``test_per_file`` (default ``per_file``) in the test file."""
     cifar = import_torchvision().datasets.CIFAR100 if hundred else import_torchvision().datasets.CIFAR10
     folder = root / cifar.base_folder
     folder.mkdir(parents=True)
     written: dict[str, dict] = {"train": [], "test": []}
     for split, file_list in (("train", cifar.train_list), ("test", cifar.test_list)):
         for filename, _ in file_list:
-            count = per_file
+            count = per_file if split == "train" or test_per_file is None else test_per_file
             entry = {"batch_label": filename, "data": _pixels(rng, count, 3072)}
             if hundred:
                 entry["fine_labels"] = rng.integers(0, 100, size=count).tolist()
@@ -114,3 +116,19 @@ def write_daynight(root: Path, rng: np.random.Generator, size: int = 8, train: i
                     Image.fromarray(pixels).save(folder / f"{index}.png")
                     written[pixels.transpose(2, 0, 1).tobytes()] = (split, label, context)
     return written
+
+
+def write_tiny_real_data(root: Path) -> None:
+    """Every real data set of the paper profile, with as few images as its recipes' batches allow.
+
+    The largest batches set the counts: MNIST 128 (batch 100 after the noise recipe's 10 % hold-out; two
+    AdaMatch steps of 64), SVHN 192 (AdaMatch's 3 x 64 target batch), CIFAR-10 300 (5 files of 60: batch 256
+    after the cifar_mixture recipe's 10 % hold-out), CIFAR-100 240 (its one training file: the ViT's batch
+    216 after the 10 % hold-out), day/night 2 classes x 2 times x 32 (batch 128). Test splits are small.
+    """
+    rng = np.random.default_rng(0)
+    write_mnist(root, rng, train=128, test=20)
+    write_svhn(root, rng, train=192, test=20)
+    write_cifar(root, rng, hundred=False, per_file=60, test_per_file=20)
+    write_cifar(root, rng, hundred=True, per_file=240, test_per_file=40)
+    write_daynight(root, rng, size=16, train=32, test=4)

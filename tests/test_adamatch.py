@@ -18,6 +18,7 @@ from robustbench_norm.training.adamatch import (
     DistributionAlignment,
     ModelEMA,
     cosine_lr_factor,
+    keras_cosine_factor,
     pseudo_label_loss,
     random_logit_interpolation,
     relative_confidence_mask,
@@ -182,6 +183,15 @@ def test_cosine_lr_factor_values():
 
 
 # ----------------------------------------------------------------------------------------------- EMA and weight decay
+def test_keras_cosine_factor_values():
+    """Keras' CosineDecay(alpha=0.25) of the CN authors' notebook: 0.25 + 0.75 (1 + cos(pi t)) / 2."""
+    assert keras_cosine_factor(0.0, 0.25) == pytest.approx(1.0)
+    assert keras_cosine_factor(0.5, 0.25) == pytest.approx(0.625)
+    assert keras_cosine_factor(1.0, 0.25) == pytest.approx(0.25)
+    with pytest.raises(ValueError, match="final_fraction"):
+        keras_cosine_factor(0.5, -0.1)
+
+
 def test_model_ema_one_update():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(2, 3, 3), nn.BatchNorm2d(3))
@@ -273,6 +283,26 @@ def test_train_adamatch_smoke_deterministic_with_contexts():
                and bool((ids[2 * batch:] == 0).all()) for ids in joint)
     assert not first.model.training and not first.ema_model.training
     assert not torch.equal(first.ema_model[1].weight, first.model[1].weight)  # EMA lags the model
+
+
+def test_paper_variant_uses_adam_and_the_keras_cosine(monkeypatch):
+    """CN section IV-F: Adam with a cosine decay from 0.03 (Keras' curve); decay on conv/linear weights only."""
+    source, target = _tiny_sets()
+    built = []
+    real_adam = torch.optim.Adam
+    monkeypatch.setattr(torch.optim, "Adam", lambda groups, lr: built.append((groups, lr)) or real_adam(groups, lr=lr))
+    config = replace(_TINY_CONFIG, epochs=1, optimizer="adam", lr_decay="keras")
+    result = train_adamatch(_tiny_net(), source, target, config, device="cpu", seed=0, source_context=0,
+                            target_context=1, progress=False)
+    (groups, lr), = built
+    assert lr == 0.03 and [g["weight_decay"] for g in groups] == [1e-3, 0.0]
+    steps = 64 // 32
+    expected = sum(0.03 * keras_cosine_factor(step / steps, 0.25) for step in range(steps)) / steps
+    assert result.history[0]["lr"] == pytest.approx(expected)
+    assert config.as_dict()["optimizer"] == "adam" and "optimizer" not in AdaMatchConfig().as_dict()
+    with pytest.raises(ValueError, match="optimizer 'rmsprop' is unknown"):
+        train_adamatch(_tiny_net(), source, target, replace(config, optimizer="rmsprop"), device="cpu", seed=0,
+                       source_context=0, target_context=1, progress=False)
 
 
 def test_train_adamatch_raises_on_divergence_and_bad_arguments():

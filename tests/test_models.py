@@ -6,11 +6,14 @@ import pytest
 import torch
 from torch import nn
 
-from robustbench_norm.models import build_model, list_models, norm_factory
+from robustbench_norm.models import InputStandardization, build_model, list_models, norm_factory
+from robustbench_norm.models.factory import TOKEN_ARCHS
 from robustbench_norm.models.resnet import ZeroPadShortcut
 from robustbench_norm.norms import build_norm, register_norm
 
-ARCHS = ("cifar_convnet", "localnorm_mnist", "quick_cnn", "resnet20", "resnet32", "vit_tiny", "wrn28_2")
+ALL_ARCHS = ("cifar_convnet", "localnorm_mnist", "quick_cnn", "resnet101_cifar", "resnet18_cifar", "resnet20",
+             "resnet32", "vgg19", "vit_cn", "vit_tiny", "wrn28_2")
+ARCHS = tuple(a for a in ALL_ARCHS if a != "resnet101_cifar")  # 42.5 M parameters: its own tests below
 
 
 class _Recording(nn.Module):
@@ -47,7 +50,7 @@ def count(model: nn.Module, kind: type) -> int:
 
 
 def test_list_models_names_every_arch():
-    assert list_models() == sorted(ARCHS)
+    assert list_models() == sorted(ALL_ARCHS)
 
 
 @pytest.mark.parametrize("norm", ["batchnorm", "groupnorm"])
@@ -65,16 +68,18 @@ def test_every_arch_forwards_and_backwards(arch, norm):
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_other_channels_and_sizes(arch):
-    model = build_model(arch, num_classes=3, in_channels=2, image_size=8, norm="groupnorm").eval()
-    assert model(torch.rand(2, 2, 8, 8)).shape == (2, 3)
+    size = 16 if arch == "localnorm_mnist" else 8  # its 'valid' convolutions need 16 pixels
+    model = build_model(arch, num_classes=3, in_channels=2, image_size=size, norm="groupnorm").eval()
+    assert model(torch.rand(2, 2, size, size)).shape == (2, 3)
 
 
 @pytest.mark.parametrize(
     "arch, expected",
-    # norms at every place the architecture has one: post-activation nets one per conv; the pre-activation
-    # WRN two per block (12 blocks) + the final one; the ViT one after the patch embedding
+    # norms at every place the architecture has one: post-activation nets one per conv (resnet18_cifar: also
+    # its 3 projection shortcuts); the pre-activation WRN two per block (12 blocks) + the final one; the ViTs
+    # one after the patch embedding
     [("quick_cnn", 3), ("localnorm_mnist", 4), ("cifar_convnet", 4), ("resnet20", 19), ("resnet32", 31),
-     ("wrn28_2", 25), ("vit_tiny", 1)],
+     ("wrn28_2", 25), ("vit_tiny", 1), ("vgg19", 16), ("resnet18_cifar", 20), ("vit_cn", 1)],
 )
 def test_placement_all_puts_the_norm_everywhere(arch, expected):
     channels, size = geometry(arch)
@@ -122,7 +127,8 @@ def test_input_placement_normalises_the_image_and_keeps_batchnorm(arch):
     assert isinstance(model.input_norm, InputRecording)
     assert model.input_norm.num_features == channels and model.input_norm.scale == 0.5
     assert count(model, InputRecording) == 1
-    assert count(model.body, nn.BatchNorm2d) > 0
+    # a conv net keeps BatchNorm in its body; a ViT keeps only its LayerNorms (the CN paper's ViT+CN-Channels)
+    assert (count(model.body, nn.BatchNorm2d) == 0) if arch in TOKEN_ARCHS else (count(model.body, nn.BatchNorm2d) > 0)
     x = torch.rand(2, channels, size, size)
     model.eval()
     expected = model.body(x * 0.5)
@@ -144,7 +150,7 @@ def test_token_placement_sees_patch_tokens():
     assert torch.allclose(seen[:, 9], patches[:, :, 1, 1], atol=1e-6)
 
 
-@pytest.mark.parametrize("arch", [a for a in ARCHS if a != "vit_tiny"])
+@pytest.mark.parametrize("arch", [a for a in ARCHS if a not in TOKEN_ARCHS])
 def test_token_placement_on_other_arch_raises(arch):
     channels, size = geometry(arch)
     with pytest.raises(ValueError, match=rf"{arch}.*vit_tiny"):
@@ -219,10 +225,76 @@ def test_cifar_resnet_parameter_count(arch, blocks, expected_millions):
 
 
 def test_localnorm_mnist_parameter_count():
+    """The authors' mnist_run.py: 'valid' convolutions with bias (28 -> 26 -> 24 -> 12 -> 10 -> 8 -> 4)."""
     model = build_model("localnorm_mnist", num_classes=10, in_channels=1, image_size=28, norm="batchnorm")
-    convs = 1 * 16 * 9 + 16 * 16 * 9 + 16 * 32 * 9 + 32 * 32 * 9 + 2 * (16 + 16 + 32 + 32)
-    dense = (32 * 7 * 7 * 512 + 512) + (512 * 1024 + 1024) + (1024 * 10 + 10)
+    convs = (1 * 16 * 9 + 16 * 16 * 9 + 16 * 32 * 9 + 32 * 32 * 9) + (16 + 16 + 32 + 32) + 2 * (16 + 16 + 32 + 32)
+    dense = (32 * 4 * 4 * 512 + 512) + (512 * 1024 + 1024) + (1024 * 10 + 10)
     assert _parameters(model) == convs + dense
+
+
+def test_localnorm_nets_normalise_after_the_activation():
+    """The LocalNorm authors' order: conv -> ReLU -> norm (their Keras Sequential models)."""
+    for arch, channels in (("localnorm_mnist", 1), ("vgg19", 3)):
+        layers = list(build_model(arch, num_classes=10, in_channels=channels, image_size=32,
+                                  norm="groupnorm").features)
+        assert isinstance(layers[0], nn.Conv2d) and isinstance(layers[1], nn.ReLU)
+        assert isinstance(layers[2], nn.GroupNorm)
+
+
+def test_vgg19_is_configuration_e():
+    model = build_model("vgg19", num_classes=10, in_channels=3, image_size=32, norm="batchnorm")
+    widths = [m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert widths == [64] * 2 + [128] * 2 + [256] * 4 + [512] * 8
+    assert model(torch.rand(2, 3, 32, 32)).shape == (2, 10)
+
+
+@pytest.mark.parametrize("arch, millions", [("resnet18_cifar", 11.17), ("resnet101_cifar", 42.51)])
+def test_cifar_stem_resnets(arch, millions):
+    """ILM section 4.1.1: ImageNet ResNets with a 3x3 stride-1 first conv and no max pool (32x32 -> 4x4)."""
+    model = build_model(arch, num_classes=10, in_channels=3, image_size=32, norm="groupnorm")
+    assert round(_parameters(model) / 1e6, 2) == millions
+    stem = model.stem[0]
+    assert stem.kernel_size == (3, 3) and stem.stride == (1, 1)
+    assert not any(isinstance(m, nn.MaxPool2d) for m in model.modules())
+    maps = []
+    model.head.register_forward_hook(lambda m, i, o: maps.append(tuple(i[0].shape[1:])))
+    model.eval()(torch.rand(1, 3, 32, 32))
+    assert maps == [(512 * (4 if arch == "resnet101_cifar" else 1), 4, 4)]
+
+
+def test_vit_cn_follows_the_authors_notebook():
+    """72 x 72 resize, 6 x 6 patches (144 tokens) of width 64, 8 blocks with 4 heads of key_dim 64, head
+    2048 -> 1024 on the flattened tokens; about 21.7 M parameters with 100 classes."""
+    model = build_model("vit_cn", num_classes=100, in_channels=3, image_size=32, norm="none")
+    assert len(model.blocks) == 8 and model.pos_embed.shape == (1, 144, 64)
+    assert model.blocks[0].attention.qkv.out_features == 3 * 4 * 64
+    assert model.head[2].in_features == 144 * 64 and model.head[2].out_features == 2048
+    assert 21.7e6 < _parameters(model) < 21.8e6
+    assert model.eval()(torch.rand(2, 3, 32, 32)).shape == (2, 100)
+
+
+def test_none_norm_and_placement_override_give_the_papers_vit_baselines():
+    plain = build_model("vit_cn", num_classes=10, in_channels=3, image_size=32, norm="none")
+    assert count(plain, nn.BatchNorm2d) == 0 and isinstance(plain.patch_norm, nn.Identity)
+    with_bn = build_model("vit_cn", num_classes=10, in_channels=3, image_size=32, norm="batchnorm",
+                          placement="input")
+    assert isinstance(with_bn.input_norm, nn.BatchNorm2d) and count(with_bn.body, nn.BatchNorm2d) == 0
+    with pytest.raises(ValueError, match="placement 'sideways'.*all"):
+        build_model("vit_cn", num_classes=10, in_channels=3, image_size=32, norm="batchnorm", placement="sideways")
+    with pytest.raises(ValueError, match="'none' takes no kwargs"):
+        build_model("vit_cn", num_classes=10, in_channels=3, image_size=32, norm="none", norm_kwargs={"eps": 1.0})
+
+
+def test_standardize_puts_a_fitted_layer_first():
+    model = build_model("quick_cnn", num_classes=10, in_channels=3, image_size=8, norm="batchnorm",
+                        standardize=True)
+    layer = model.standardize
+    assert isinstance(layer, InputStandardization) and count(model, InputStandardization) == 1
+    images = torch.rand(50, 3, 8, 8) * torch.tensor([1.0, 0.5, 0.25]).view(1, 3, 1, 1)
+    layer.fit(images)
+    out = layer(images)
+    torch.testing.assert_close(out.mean(dim=(0, 2, 3)), torch.zeros(3), atol=1e-5, rtol=0)
+    torch.testing.assert_close(out.std(dim=(0, 2, 3), unbiased=False), torch.ones(3), atol=1e-5, rtol=0)
 
 
 def test_zero_pad_shortcut_against_loop():

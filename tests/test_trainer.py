@@ -134,14 +134,94 @@ def test_adam_and_constant_schedule():
 
 @pytest.mark.parametrize(
     "field, value, match",
-    [("optimizer", "rmsprop", "valid optimizers"), ("schedule", "step", "valid schedules"),
-     ("epochs", 0, "epochs must be >= 1")],
+    [("optimizer", "lbfgs", "valid optimizers"), ("schedule", "linear", "valid schedules"),
+     ("epochs", 0, "epochs must be >= 1"), ("milestones", (2,), "only read by schedule 'step'"),
+     ("augment", "mixup", "valid: .*flip_crop"), ("validation_fraction", 1.0, r"validation_fraction must lie"),
+     ("keep_best", True, "need a validation split"), ("patience", -1, "patience must be an int >= 0")],
 )
 def test_bad_config_raises(field, value, match):
     config = TrainConfig(**{**FAST.as_dict(), field: value})
     with pytest.raises(ValueError, match=match):
         train_supervised(quick_model(), separable(n=16), config, device=torch.device("cpu"), seed=0,
                          progress=False)
+
+
+def test_options_at_their_defaults_leave_the_cache_key_unchanged():
+    """Configs written before the paper-profile options keep their as_dict (so their recipe ids)."""
+    assert set(FAST.as_dict()) == {"epochs", "batch_size", "lr", "momentum", "weight_decay", "optimizer",
+                                   "schedule", "eval_batch_size"}
+    assert TrainConfig(augment="flip_crop").as_dict()["augment"] == "flip_crop"
+
+
+@pytest.mark.parametrize("optimizer, kind", [("adamw", torch.optim.AdamW), ("rmsprop", torch.optim.RMSprop),
+                                             ("sgd", torch.optim.SGD)])
+def test_paper_optimizers(optimizer, kind):
+    config = TrainConfig(lr=0.01, momentum=0.9, weight_decay=0.1, optimizer=optimizer, nesterov=optimizer == "sgd")
+    built = trainer_module.make_optimizer(quick_model(), config)
+    assert isinstance(built, kind)
+    group = built.param_groups[0]
+    assert group["weight_decay"] == 0.1
+    if optimizer != "adamw":
+        assert group["momentum"] == 0.9
+    if optimizer == "sgd":
+        assert group["nesterov"]
+
+
+def test_step_and_exponential_schedules():
+    step = TrainConfig(lr=0.1, schedule="step", milestones=(2, 4), lr_decay=0.1)
+    assert [trainer_module.scheduled_lr(step, s, 3, 18) for s in (0, 5, 6, 11, 12, 17)] == pytest.approx(
+        [0.1, 0.1, 0.01, 0.01, 0.001, 0.001])
+    exponential = TrainConfig(lr=1e-3, schedule="exponential", lr_decay=0.9)
+    assert trainer_module.scheduled_lr(exponential, 7, 3, 30) == pytest.approx(1e-3 * 0.9**2)
+
+
+def test_flip_crop_augmentation_is_seeded_and_changes_training():
+    def train(augment: str, seed: int = 0) -> dict[str, torch.Tensor]:
+        model = quick_model(0)
+        config = TrainConfig(epochs=1, batch_size=8, lr=0.05, augment=augment)
+        train_supervised(model, separable(), config, device=torch.device("cpu"), seed=seed, progress=False)
+        return model.state_dict()
+
+    first, again, plain = train("flip_crop"), train("flip_crop"), train("none")
+    assert all(torch.equal(first[k], again[k]) for k in first)
+    assert not all(torch.equal(first[k], plain[k]) for k in first)
+
+
+def test_validation_split_is_the_last_fraction_and_keep_best_restores_that_epoch():
+    data = separable(n=60)
+    config = TrainConfig(epochs=4, batch_size=10, lr=0.05, validation_fraction=0.25, keep_best=True)
+    model = quick_model(0)
+    history = train_supervised(model, data, config, device=torch.device("cpu"), seed=0, progress=False)
+    assert trainer_module.holdout_start(60, 0.25) == 45
+    assert all(0.0 <= h["validation_accuracy"] <= 1.0 for h in history)
+    best = max(range(4), key=lambda i: (history[i]["validation_accuracy"], -i))
+    assert [bool(h.get("restored")) for h in history] == [i == best for i in range(4)]
+    held_out = data.as_float()[45:]
+    logits = predict_logits(model, held_out, batch_size=256, device=torch.device("cpu"))
+    accuracy = float((logits.argmax(1) == data.labels[45:]).float().mean())
+    assert accuracy == pytest.approx(history[best]["validation_accuracy"])
+
+
+def test_patience_stops_early(monkeypatch):
+    accuracies = iter([0.5, 0.4, 0.4, 0.9, 0.9])
+    monkeypatch.setattr(trainer_module, "_accuracy", lambda *args: next(accuracies))
+    config = TrainConfig(epochs=5, batch_size=8, lr=0.05, validation_fraction=0.2, patience=2)
+    history = train_supervised(quick_model(), separable(), config, device=torch.device("cpu"), seed=0,
+                               progress=False)
+    assert [h["epoch"] for h in history] == [1, 2, 3]
+
+
+def test_standardize_fits_the_models_input_layer_to_the_training_images():
+    seed_everything(0)
+    model = build_model("quick_cnn", num_classes=3, in_channels=1, image_size=8, norm="batchnorm", standardize=True)
+    data = separable(n=40)
+    config = TrainConfig(epochs=1, batch_size=8, lr=0.05, standardize=True, validation_fraction=0.2)
+    train_supervised(model, data, config, device=torch.device("cpu"), seed=0, progress=False)
+    seen = data.as_float()[:32]
+    assert model.standardize.mean.item() == pytest.approx(seen.mean().item(), abs=1e-6)
+    assert model.standardize.std.item() == pytest.approx(seen.std(unbiased=False).item(), abs=1e-6)
+    with pytest.raises(ValueError, match="no InputStandardization layer"):
+        train_supervised(quick_model(), data, config, device=torch.device("cpu"), seed=0, progress=False)
 
 
 class InfiniteLogits(nn.Module):

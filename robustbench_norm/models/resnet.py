@@ -1,6 +1,7 @@
-"""Residual nets: the CIFAR ResNets of He et al. (resnet20, resnet32) and WideResNet-28-2 as used by AdaMatch.
+"""Residual nets: the CIFAR ResNets of He et al. (resnet20, resnet32), the ImageNet ResNets with the CIFAR stem
+of the ILM Norm paper (resnet18_cifar, resnet101_cifar) and WideResNet-28-2 as used by AdaMatch.
 
-Both take ``norm_layer`` and call it at every place the original has a BatchNorm.
+All take ``norm_layer`` and call it at every place the original has a BatchNorm.
 """
 
 from __future__ import annotations
@@ -173,3 +174,98 @@ class WideResNet(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         out = self.groups(self.stem(x))
         return self.head(F.leaky_relu(self.final_norm(out), LEAKY_SLOPE))
+
+
+class ProjectionShortcut(nn.Sequential):
+    """He et al.'s option-B shortcut: 1x1 convolution with the block's stride, then the norm."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int, norm_layer: NormLayer) -> None:
+        super().__init__(he_conv(in_channels, out_channels, 1, stride), norm_layer(out_channels))
+
+
+class ImageNetBasicBlock(nn.Module):
+    """ResNet-18/34 block: relu(norm(conv3x3(relu(norm(conv3x3(x))))) + shortcut(x)), projection shortcut."""
+
+    expansion = 1
+
+    def __init__(self, in_channels: int, width: int, stride: int, norm_layer: NormLayer) -> None:
+        super().__init__()
+        self.conv1 = he_conv(in_channels, width, 3, stride)
+        self.norm1 = norm_layer(width)
+        self.conv2 = he_conv(width, width, 3)
+        self.norm2 = norm_layer(width)
+        change = stride != 1 or in_channels != width
+        self.shortcut = ProjectionShortcut(in_channels, width, stride, norm_layer) if change else nn.Identity()
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = F.relu(self.norm1(self.conv1(x)))
+        return F.relu(self.norm2(self.conv2(out)) + self.shortcut(x))
+
+
+class Bottleneck(nn.Module):
+    """ResNet-50/101 block: 1x1 (width) -> 3x3 (width, stride) -> 1x1 (4 width), each followed by the norm,
+    ReLU between, projection shortcut when the shape changes (torchvision's "ResNet v1.5" stride placement)."""
+
+    expansion = 4
+
+    def __init__(self, in_channels: int, width: int, stride: int, norm_layer: NormLayer) -> None:
+        super().__init__()
+        out_channels = width * self.expansion
+        self.conv1 = he_conv(in_channels, width, 1)
+        self.norm1 = norm_layer(width)
+        self.conv2 = he_conv(width, width, 3, stride)
+        self.norm2 = norm_layer(width)
+        self.conv3 = he_conv(width, out_channels, 1)
+        self.norm3 = norm_layer(out_channels)
+        change = stride != 1 or in_channels != out_channels
+        self.shortcut = ProjectionShortcut(in_channels, out_channels, stride, norm_layer) if change else nn.Identity()
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = F.relu(self.norm1(self.conv1(x)))
+        out = F.relu(self.norm2(self.conv2(out)))
+        return F.relu(self.norm3(self.conv3(out)) + self.shortcut(x))
+
+
+class CIFARStemResNet(nn.Module):
+    """The ImageNet ResNets (He et al. 2016, Table 1) adapted to CIFAR as in the ILM Norm paper (Jia et al.,
+    section 4.1.1): the first convolution becomes "3x3, stride 1, padding 1", the max pooling is removed and the
+    final average pooling covers the 4x4 map (global average pooling here: identical at 32x32).
+
+    conv3x3 64 -> norm -> ReLU -> 4 stages of ``blocks`` blocks with widths 64, 128, 256, 512 (stride 2 at the
+    start of stages 2-4) -> global average pool -> linear. Depth 18: basic blocks (2, 2, 2, 2), 11.2 M
+    parameters; depth 101: bottlenecks (3, 4, 23, 3), 42.5 M parameters (10 classes). Every convolution,
+    shortcut projections included, is followed by the norm (as in the ILM authors' ResNets). Convolutions use
+    Kaiming-normal (fan-out) init (the paper draws all weights from a standard normal, which we do not copy).
+
+    Shapes: (N, in_channels, S, S) -> (N, num_classes), any S >= 1.
+    """
+
+    configurations: dict[int, tuple[type[nn.Module], tuple[int, int, int, int]]] = {
+        18: (ImageNetBasicBlock, (2, 2, 2, 2)),
+        101: (Bottleneck, (3, 4, 23, 3)),
+    }
+    widths: tuple[int, int, int, int] = (64, 128, 256, 512)
+
+    def __init__(
+        self, depth: int, num_classes: int, in_channels: int, image_size: int, norm_layer: NormLayer
+    ) -> None:
+        super().__init__()
+        if depth not in self.configurations:
+            raise ValueError(f"CIFAR-stem ResNet depth {depth!r} is not available; "
+                             f"valid: {sorted(self.configurations)}")
+        check_geometry(f"resnet{depth}_cifar", num_classes=num_classes, in_channels=in_channels,
+                       image_size=image_size, min_image_size=1)
+        block, counts = self.configurations[depth]
+        self.stem = nn.Sequential(he_conv(in_channels, 64, 3), norm_layer(64), nn.ReLU(inplace=True))
+        layers: list[nn.Module] = []
+        channels = 64
+        for stage, (width, count) in enumerate(zip(self.widths, counts)):
+            for index in range(count):
+                stride = 2 if stage > 0 and index == 0 else 1
+                layers.append(block(channels, width, stride, norm_layer))
+                channels = width * block.expansion
+        self.stages = nn.Sequential(*layers)
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, num_classes))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.stages(self.stem(x)))

@@ -24,7 +24,7 @@ from torch import nn
 import corruptions
 from robustbench_norm.data import load_dataset
 from robustbench_norm.results import ResultStore, rows_to_frame
-from robustbench_norm.scenarios import batch_size, domain_shift, mixture, noise
+from robustbench_norm.scenarios import batch_size, cifar_mixture, domain_shift, mixture, noise
 from robustbench_norm.scenarios.scoring import EvalMode, TestSet, score
 from robustbench_norm.scenarios.session import Outcome, Session, TrainJob, record, single_context
 
@@ -61,6 +61,14 @@ SCENARIOS: dict[str, Scenario] = {
                                 domain_shift.plan, domain_shift.run,
                                 in_distribution=lambda variants: ["source_only"]),
     **{name: _mixture(name) for name in mixture.NAMES},
+    noise.CIFAR10: Scenario(noise.CIFAR10, noise.PARAMETER,
+                            lambda session: noise.parameter_values(session, noise.CIFAR10),
+                            lambda session, norm, _: noise.plan(session, norm, noise.CIFAR10),
+                            lambda session, norm, corruption: noise.run(session, norm, corruption, noise.CIFAR10),
+                            lambda name: corruptions.get_corruption(name).short_name,
+                            lambda values: values[:1]),  # one model serves every corruption
+    cifar_mixture.NAME: Scenario(cifar_mixture.NAME, cifar_mixture.PARAMETER, cifar_mixture.parameter_values,
+                                 cifar_mixture.plan, cifar_mixture.run),
 }
 
 
@@ -71,8 +79,10 @@ def get_scenario(name: str) -> Scenario:
 
 
 def available(session: Session, name: str) -> bool:
-    """Whether the session's profile has settings for scenario ``name`` (``superclass``: paper only)."""
-    return name not in mixture.NAMES or getattr(session.profile, name) is not None
+    """Whether the session's profile has settings for scenario ``name`` (``superclass``, ``noise_cifar10``,
+    ``cifar_mixture``: paper only); every scenario's settings are the profile attribute of its name."""
+    get_scenario(name)
+    return getattr(session.profile, name) is not None
 
 
 def plan_jobs(session: Session, scenario: str, norm: str) -> list[TrainJob]:

@@ -5,6 +5,8 @@ trains for the recipe's number of epochs with the learning rate scaled linearly 
 batch, ``lr_B = lr_ref * B / B_ref``. Equal epochs give B_ref / B times more steps at a proportionally
 smaller learning rate, so every batch size follows the same schedule in units of data seen, and each is
 trained to about the same point (the convergence check trains B_ref and the smallest B twice as long).
+A profile with ``lr_scaling="none"`` keeps the recipe's learning rate at every batch size instead (the ILM
+paper's sweep, section 4.2: "without changing other hyper-parameters"; the paper profile).
 Batch-dependent test modes evaluate batches of the training size. A layer that cannot train at a size
 (LocalNorm with more groups than samples) or whose training diverges gets rows with value NaN and a
 status saying why.
@@ -31,18 +33,24 @@ def parameter_values(session: Session) -> list[int]:
     return list(session.profile.batch_size.batch_sizes)
 
 
-def scaled_recipe(chosen: Recipe, batch_size: int) -> Recipe:
-    """The recipe at ``batch_size``: same epochs, learning rate scaled linearly from the reference batch."""
+LR_SCALINGS: tuple[str, ...] = ("linear", "none")
+
+
+def scaled_recipe(chosen: Recipe, batch_size: int, lr_scaling: str = "linear") -> Recipe:
+    """The recipe at ``batch_size``: same epochs; the learning rate scaled linearly from the reference batch
+    (``lr_scaling="linear"``) or kept (``"none"``)."""
+    if lr_scaling not in LR_SCALINGS:
+        raise ValueError(f"unknown lr_scaling {lr_scaling!r}; valid: {LR_SCALINGS}")
     reference = chosen.train
-    train = replace(reference, batch_size=batch_size, lr=reference.lr * batch_size / reference.batch_size,
-                    eval_batch_size=batch_size)
+    lr = reference.lr * batch_size / reference.batch_size if lr_scaling == "linear" else reference.lr
+    train = replace(reference, batch_size=batch_size, lr=lr, eval_batch_size=batch_size)
     return replace(chosen, train=train)
 
 
 def plan(session: Session, norm: str, train_batch_size: int) -> list[TrainJob]:
     settings = session.profile.batch_size
     bundle = session.dataset(settings.data)
-    chosen = scaled_recipe(session.recipe(NAME, norm), train_batch_size)
+    chosen = scaled_recipe(session.recipe(NAME, norm), train_batch_size, settings.lr_scaling)
     kwargs = session.norm_kwargs(chosen, norm, num_contexts=1)
     return session.supervised_jobs(NAME, norm, chosen, kwargs, bundle.train, single_context(bundle.train),
                                    num_classes=bundle.num_classes, channels=bundle.channels,
@@ -66,7 +74,7 @@ def run(session: Session, norm: str, train_batch_size: int) -> Outcome:
         raise ValueError(f"batch size {train_batch_size!r} is not in this profile's sweep; valid: "
                          f"{list(settings.batch_sizes)}")
     bundle = session.dataset(settings.data)
-    chosen = scaled_recipe(session.recipe(NAME, norm), train_batch_size)
+    chosen = scaled_recipe(session.recipe(NAME, norm), train_batch_size, settings.lr_scaling)
     kwargs = session.norm_kwargs(chosen, norm, num_contexts=1)
     test = TestSet(bundle.name, bundle.test.as_float(), bundle.test.labels, bundle.num_classes,
                    single_context(bundle.test))

@@ -12,7 +12,14 @@
 * ``superclass`` (CN paper, section IV-C): CIFAR-100 with its 20 superclasses as contexts (paper profile
   only; the quick profile has no embedded set with a superclass structure).
 
-Rows: ``accuracy`` and ``prediction_entropy`` (and ``ece``, ``nll``) on every part and on the joint test set.
+In the paper profile ``blend`` and ``superclass`` run on the paper's ViT for every norm, and each norm's run
+also scores the paper's baselines (``MixtureSettings.input_baselines``): the same ViT with no norm under
+test ("ViT", rows with norm ``none``) and with BatchNorm on the input image ("ViT+BN", norm ``batchnorm``),
+both with variant ``input_baseline``, trained once per seed with the scenario's shared recipe (the
+checkpoint cache serves every later norm's run).
+
+Rows: ``accuracy`` and ``prediction_entropy`` (and ``ece``, ``nll``; ``top5_accuracy`` where the settings ask,
+Tables VII/VIII) on every part and on the joint test set.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from torch import nn
 
 from robustbench_norm._torchvision import import_torchvision
 from robustbench_norm.data import ImageSet
+from robustbench_norm.models import NO_NORM
 from robustbench_norm.norms import get_norm
 from robustbench_norm.norms.routing import context_layers
 from robustbench_norm.profiles import MixtureSettings
@@ -34,6 +42,7 @@ from robustbench_norm.scenarios.session import Outcome, Session, TrainJob
 NAMES = ("blend", "day_night", "superclass")
 GRID_IMAGES = 8
 DAY, NIGHT = 0, 1
+BASELINE_VARIANT = "input_baseline"
 
 
 class ScenarioUnavailable(ValueError):
@@ -91,15 +100,38 @@ def join_parts(session: Session, settings: MixtureSettings) -> JointData:
 
 
 def plan(session: Session, norm: str, scenario: str) -> list[TrainJob]:
+    """The norm's jobs and those of the settings' input baselines."""
+    return _norm_jobs(session, norm, scenario) + [job for jobs in _baseline_jobs(session, scenario).values()
+                                                  for job in jobs]
+
+
+def _joint_jobs(session: Session, norm: str, scenario: str, chosen, kwargs, placement: str | None = None
+                ) -> list[TrainJob]:
     settings = settings_of(session, scenario)
     joint = join_parts(session, settings)
-    chosen = session.recipe(scenario, norm)
-    kwargs = session.norm_kwargs(chosen, norm, num_contexts=len(joint.context_names))
     return session.supervised_jobs(scenario, norm, chosen, kwargs, joint.train, joint.train.contexts,
                                    num_classes=joint.num_classes, channels=joint.channels,
-                                   image_size=joint.image_size,
+                                   image_size=joint.image_size, placement=placement,
                                    parts=[session.data_identity(part) for part in settings.parts],
                                    context_from=settings.context_from, shared_labels=settings.shared_labels)
+
+
+def _norm_jobs(session: Session, norm: str, scenario: str) -> list[TrainJob]:
+    joint = join_parts(session, settings_of(session, scenario))
+    chosen = session.recipe(scenario, norm)
+    kwargs = session.norm_kwargs(chosen, norm, num_contexts=len(joint.context_names))
+    return _joint_jobs(session, norm, scenario, chosen, kwargs)
+
+
+def _baseline_jobs(session: Session, scenario: str) -> dict[str, list[TrainJob]]:
+    """Jobs of each input baseline (norm name or ``"none"``): the shared recipe's net with it on the input."""
+    shared = session.recipe(scenario, "batchnorm")  # batchnorm has no family recipe: this is the shared one
+    return {name: _joint_jobs(session, name, scenario, shared, {}, placement="input")
+            for name in settings_of(session, scenario).input_baselines}
+
+
+def _modes(norm: str):
+    return plain_modes(("standard",) if norm == NO_NORM else get_norm(norm).eval_modes)
 
 
 def run(session: Session, norm: str, scenario: str) -> Outcome:
@@ -109,19 +141,26 @@ def run(session: Session, norm: str, scenario: str) -> Outcome:
     chosen = session.recipe(scenario, norm)
     kwargs = session.norm_kwargs(chosen, norm, num_contexts=len(joint.context_names))
     images, labels, contexts = joint.test.as_float(), joint.test.labels, joint.test.contexts
-    whole = TestSet(joint.test.name, images, labels, joint.num_classes, contexts)
-    parts = [TestSet(name, images[contexts == c], labels[contexts == c], joint.num_classes, contexts[contexts == c])
-             for c, name in enumerate(joint.context_names)]
-    modes = plain_modes(get_norm(norm).eval_modes)
+    whole = TestSet(joint.test.name, images, labels, joint.num_classes, contexts, top5=settings.top5)
+    parts = [TestSet(name, images[contexts == c], labels[contexts == c], joint.num_classes, contexts[contexts == c],
+                     top5=settings.top5)
+             for c, name in enumerate(joint.context_names) if bool((contexts == c).any())]  # no empty part
     outcome = Outcome()
-    for job in plan(session, norm, scenario):
+    for job in _norm_jobs(session, norm, scenario):
         model, checkpoint = session.model(job)
         common = dict(variant="joint", batch_size=chosen.train.batch_size,
                       train_batch_size=chosen.train.batch_size, arch=chosen.arch, norm_kwargs=kwargs)
-        outcome.extend(score(session, job, model, checkpoint, [whole], modes, **common))
-        outcome.extend(score(session, job, model, checkpoint, parts, modes, confusions=False, **common))
+        outcome.extend(score(session, job, model, checkpoint, [whole], _modes(norm), **common))
+        outcome.extend(score(session, job, model, checkpoint, parts, _modes(norm), confusions=False, **common))
         if scenario == "day_night" and job.seed == session.seeds[0] and get_norm(norm).placement == "input":
             outcome.images[f"day_night_translation_{norm}.png"] = translation_grid(model, images, contexts)
+    for name, jobs in _baseline_jobs(session, scenario).items():
+        for job in jobs:
+            model, checkpoint = session.model(job)
+            common = dict(variant=BASELINE_VARIANT, batch_size=chosen.train.batch_size,
+                          train_batch_size=chosen.train.batch_size, arch=chosen.arch, norm_kwargs={})
+            outcome.extend(score(session, job, model, checkpoint, [whole], _modes(name), **common))
+            outcome.extend(score(session, job, model, checkpoint, parts, _modes(name), confusions=False, **common))
     return outcome
 
 

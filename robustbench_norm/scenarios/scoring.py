@@ -8,6 +8,8 @@ and each :class:`EvalMode`, the model's predictions give the rows
 * ``prediction_entropy`` (normalised entropy of the predicted-class histogram: 1 = spread over every
   class, 0 = collapse onto one),
 * ``ece`` (15 equal-width bins) and ``nll`` where the mode has logits (not the voting modes);
+* ``top5_accuracy`` (the label among the 5 highest logits; chance = share of the 5 most frequent classes)
+  for a test set with ``top5=True``, where the mode has logits;
 
 and a confusion matrix per condition (summed over seeds by :class:`~robustbench_norm.scenarios.session.
 Outcome`). A test-time adaptation mode that does not apply to the norm, or whose Tent run diverges, gives
@@ -55,11 +57,17 @@ class TestSet:
     corruption: str = "none"
     severity: float = 0.0
     metric: str = "accuracy"
+    top5: bool = False
 
     @property
     def chance(self) -> float:
         """Accuracy of always predicting the most frequent class of this test set."""
-        return float(torch.bincount(self.labels, minlength=self.num_classes).max()) / len(self.labels)
+        return self.top_k_chance(1)
+
+    def top_k_chance(self, k: int) -> float:
+        """Top-k accuracy of always predicting the k most frequent classes of this test set."""
+        counts = torch.bincount(self.labels, minlength=self.num_classes)
+        return float(counts.topk(min(k, len(counts))).values.sum()) / len(self.labels)
 
 
 @dataclass(frozen=True)
@@ -145,6 +153,10 @@ def _measured(session: Session, test: TestSet, predictions: torch.Tensor, logits
     if logits is not None:
         values += [("ece", expected_calibration_error(logits, test.labels), math.nan),
                    ("nll", negative_log_likelihood(logits, test.labels), math.nan)]
+    if logits is not None and test.top5:
+        top5 = logits.topk(min(5, logits.shape[1]), dim=1).indices
+        values.append(("top5_accuracy", float((top5 == test.labels[:, None]).any(dim=1).float().mean()),
+                       test.top_k_chance(5)))
     return [session.row(metric=metric, value=value, chance=chance, wall_seconds=seconds, **common)
             for metric, value, chance in values]
 

@@ -178,9 +178,11 @@ class Session:
         return {**asdict(spec), "fingerprint": dataset_fingerprint(self.dataset(spec))}
 
     def build(self, chosen: Recipe, norm: str, kwargs: dict[str, Any], *, num_classes: int, channels: int,
-              image_size: int) -> nn.Module:
+              image_size: int, placement: str | None = None) -> nn.Module:
+        """``chosen``'s net with ``norm`` (at ``placement``, default its own), behind an input standardisation
+        layer when the recipe standardises (the trainer fits it)."""
         return build_model(chosen.arch, num_classes=num_classes, in_channels=channels, image_size=image_size,
-                           norm=norm, norm_kwargs=kwargs)
+                           norm=norm, norm_kwargs=kwargs, placement=placement, standardize=chosen.train.standardize)
 
     def train_supervised(self, model: nn.Module, data: ImageSet, config: TrainConfig, seed: int,
                          contexts: torch.Tensor) -> list[dict[str, Any]]:
@@ -189,15 +191,17 @@ class Session:
 
     def supervised_jobs(self, scenario: str, norm: str, chosen: Recipe, kwargs: dict[str, Any], train_set: ImageSet,
                         contexts: torch.Tensor, *, num_classes: int, channels: int, image_size: int,
-                        **data: Any) -> list[TrainJob]:
-        """One supervised :class:`TrainJob` per seed: ``chosen``'s net and schedule on ``train_set``;
-        ``data`` (the data sets' identities) completes the cache spec."""
+                        placement: str | None = None, **data: Any) -> list[TrainJob]:
+        """One supervised :class:`TrainJob` per seed: ``chosen``'s net and schedule on ``train_set``, the norm
+        at ``placement`` (default: its own; a given placement enters the cache spec); ``data`` (the data sets'
+        identities) completes the cache spec."""
+        placed = {} if placement is None else {"placement": placement}
         return [
             TrainJob(
                 scenario, norm, seed,
-                spec=self.spec(scenario, norm, seed, norm_kwargs=kwargs, **data, **chosen.schedule_dict()),
+                spec=self.spec(scenario, norm, seed, norm_kwargs=kwargs, **placed, **data, **chosen.schedule_dict()),
                 build=lambda: self.build(chosen, norm, kwargs, num_classes=num_classes, channels=channels,
-                                         image_size=image_size),
+                                         image_size=image_size, placement=placement),
                 train=lambda model, seed=seed: self.train_supervised(model, train_set, chosen.train, seed, contexts),
             )
             for seed in self.seeds
@@ -256,9 +260,11 @@ def record(outcome: Outcome, store: ResultStore, profile: str, scenario: str) ->
         import_torchvision().utils.save_image(grid, path)
     for name, (logits, labels, title) in outcome.diagrams.items():
         save_reliability_diagram(logits, labels, store.root / profile / name, title=title)
-    for norm in sorted({entry["norm"] for entry in outcome.diagnostics}):
-        table = pd.DataFrame([entry for entry in outcome.diagnostics if entry["norm"] == norm])
-        path = store.root / profile / "diagnostics" / f"{scenario}__{norm}.csv"
+    for norm, variant in sorted({(entry["norm"], entry.get("variant", "")) for entry in outcome.diagnostics}):
+        table = pd.DataFrame([entry for entry in outcome.diagnostics
+                              if (entry["norm"], entry.get("variant", "")) == (norm, variant)])
+        suffix = f"__{variant}" if variant else ""  # one file per training variant (several run per norm)
+        path = store.root / profile / "diagnostics" / f"{scenario}__{norm}{suffix}.csv"
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(path, lambda handle: table.to_csv(handle, index=False, lineterminator="\n"))
 

@@ -46,6 +46,13 @@ Deviations from the reference (each documented where it lives):
 
 With Context Normalization (paper section IV-F) the context is the domain: the source samples carry
 ``source_context`` and the target samples ``target_context`` in both forward passes.
+
+Variant stated by the Context Normalization paper (section IV-F: "the Adam optimizer and a cosine decay
+schedule to reduce the initial learning rate, which is initialised at 0.03"): ``config.optimizer="adam"``
+replaces step 5's SGD by Adam (weight decay on the same weights, added to the gradient as an L2 term) and
+``config.lr_decay="keras"`` replaces the reference's ``cos(arccos(0.25) t)`` by Keras' ``CosineDecay`` with
+``alpha = lr_final_fraction`` (:func:`keras_cosine_factor`), as in the authors' notebook. Everything else is
+the reference algorithm above.
 """
 
 from __future__ import annotations
@@ -192,6 +199,15 @@ def unlabeled_weight(progress: float, warmup_fraction: float) -> float:
     return 0.5 - 0.5 * math.cos(math.pi * progress / warmup_fraction)
 
 
+def keras_cosine_factor(progress: float, final_fraction: float) -> float:
+    """Learning-rate factor of Keras' ``CosineDecay(alpha=final_fraction)``:
+    ``final_fraction + (1 - final_fraction) (1 + cos(pi t)) / 2``: 1 at t = 0, ``final_fraction`` at t = 1."""
+    _check_progress(progress)
+    if not 0.0 <= final_fraction <= 1.0:
+        raise ValueError(f"final_fraction must lie in [0, 1], got {final_fraction!r}")
+    return final_fraction + (1.0 - final_fraction) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
 def cosine_lr_factor(progress: float, final_fraction: float) -> float:
     """Learning-rate factor ``cos(arccos(final_fraction) t)``: 1 at t = 0, ``final_fraction`` at t = 1
     (the reference's ``ScheduleCos``)."""
@@ -271,6 +287,17 @@ def _check_config(config: AdaMatchConfig) -> None:
         value = getattr(config, field)
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"AdaMatchConfig.{field} must be a positive int, got {value!r}")
+    for field, valid in (("optimizer", ("sgd", "adam")), ("lr_decay", ("reference", "keras"))):
+        if getattr(config, field) not in valid:
+            raise ValueError(f"AdaMatchConfig.{field} {getattr(config, field)!r} is unknown; valid: {valid}")
+
+
+def _make_optimizer(model: nn.Module, config: AdaMatchConfig) -> torch.optim.Optimizer:
+    """SGD with momentum (reference) or Adam (the CN paper), decay on convolution and linear weights only."""
+    groups = weight_decay_groups(model, config.weight_decay)
+    if config.optimizer == "adam":
+        return torch.optim.Adam(groups, lr=config.lr)
+    return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=False)
 
 
 def _check_contexts(source_context: int | None, target_context: int | None) -> None:
@@ -351,8 +378,8 @@ class _AdaMatchTrainer:
         self.steps_per_epoch = len(source.labels) // self.batch
         self.total_steps = config.epochs * self.steps_per_epoch
         self.ema = ModelEMA(model, config.ema_momentum)
-        self.optimizer = torch.optim.SGD(weight_decay_groups(model, config.weight_decay), lr=config.lr,
-                                         momentum=config.momentum, nesterov=False)
+        self.optimizer = _make_optimizer(model, config)
+        self.lr_factor = keras_cosine_factor if config.lr_decay == "keras" else cosine_lr_factor
         self.sampler = torch.Generator().manual_seed(2 * seed)  # indices (CPU)
         self.noise = torch.Generator(device).manual_seed(2 * seed + 1)  # augmentation, interpolation
         self.augment = {"max_shift": source.images.shape[-1] // 8,  # the reference's `size >> 3`
@@ -391,7 +418,7 @@ class _AdaMatchTrainer:
         """One optimisation step on the source batch ``source_index`` and the next target batch; returns the
         values of :data:`_METRICS`. The parameters are not updated when the loss is not finite."""
         t = global_step / self.total_steps
-        lr = self.config.lr * cosine_lr_factor(t, self.config.lr_final_fraction)
+        lr = self.config.lr * self.lr_factor(t, self.config.lr_final_fraction)
         weight = unlabeled_weight(t, self.config.warmup_fraction)
         loss, parts = self.loss(source_index, weight)
         values = torch.stack([loss.detach(), *parts]).tolist() + [weight, lr]
