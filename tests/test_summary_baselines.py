@@ -272,3 +272,11 @@ def test_damaged_baselines_name_file_line_and_problem(tmp_path, edit, problem):
         read_baselines(path)
     with pytest.raises(ValueError, match=rf"baseline table {path}"):
         check_against_baselines(rows_to_frame([make_row()]), path)
+
+
+def test_summary_flags_means_within_five_points_of_chance():
+    rows = pd.DataFrame([make_row(seed=s, value=v, chance=0.1).__dict__ for s, v in enumerate((0.12, 0.14))]
+                        + [make_row(norm="groupnorm", seed=s, value=0.9, chance=0.1).__dict__ for s in (0, 1)])
+    summary = summarize(rows).set_index("norm")
+    assert summary.loc["batchnorm", "near_chance"] and not summary.loc["groupnorm", "near_chance"]
+    assert "°" in summary_markdown(rows, "quick", "noise")

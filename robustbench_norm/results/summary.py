@@ -52,7 +52,9 @@ REFERENCE_EVAL_MODE = "running_stats"
 ENTRY_FIELDS: tuple[str, ...] = tuple(name for name in KEY_WITHOUT_SEED
                                       if name not in ("scenario", "profile", "corruption", "severity", "metric"))
 REFERENCE_MATCH: tuple[str, ...] = ("dataset", "model", "variant", "train_batch_size", "device")
-SUMMARY_COLUMNS: tuple[str, ...] = (*KEY_WITHOUT_SEED, "value_mean", "value_se", "n_seeds", "status")
+SUMMARY_COLUMNS: tuple[str, ...] = (*KEY_WITHOUT_SEED, "value_mean", "value_se", "n_seeds", "status", "chance",
+                                    "near_chance")
+NEAR_CHANCE = 0.05  # a mean accuracy within 5 points of chance is flagged: it is not a finding
 ROBUSTNESS_MEASURES: tuple[str, ...] = ("clean_accuracy", "corrupted_accuracy", "relative_robustness", "mce")
 
 
@@ -67,12 +69,15 @@ def mean_se(values: pd.Series | np.ndarray) -> tuple[float, float, int]:
 
 
 def summarize(df: pd.DataFrame) -> pd.DataFrame:
-    """Mean ± SE over seeds of every measurement key (columns :data:`SUMMARY_COLUMNS`)."""
+    """Mean ± SE over seeds of every measurement key (columns :data:`SUMMARY_COLUMNS`); ``near_chance`` flags a
+    mean within :data:`NEAR_CHANCE` of the test set's chance level (NaN chance: a metric without one)."""
     records = []
     for key, group in df.groupby(list(KEY_WITHOUT_SEED), sort=True, dropna=False):
         ok = group["status"] == OK
         mean, se, n = mean_se(group.loc[ok, "value"])
-        records.append((*key, mean, se, n, failure_status(group.loc[~ok])))
+        chance = float(group["chance"].mean())
+        records.append((*key, mean, se, n, failure_status(group.loc[~ok]), chance,
+                        bool(math.isfinite(chance) and n > 0 and mean <= chance + NEAR_CHANCE)))
     return pd.DataFrame(records, columns=list(SUMMARY_COLUMNS)).astype({"n_seeds": "int64"})
 
 
@@ -225,9 +230,9 @@ def display_summary(summary: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, str]
                 if len(summary) and summary[name].nunique() == 1}
     varying = shown_fields(summary, [name for name in KEY_WITHOUT_SEED if name not in constant])
     cells = summary.assign(cell=[
-        _summary_cell(m, s, n, metric, status)
-        for m, s, n, metric, status in zip(summary["value_mean"], summary["value_se"], summary["n_seeds"],
-                                           summary["metric"], summary["status"])
+        _summary_cell(m, s, n, metric, status) + (" °" if near else "")
+        for m, s, n, metric, status, near in zip(summary["value_mean"], summary["value_se"], summary["n_seeds"],
+                                                 summary["metric"], summary["status"], summary["near_chance"])
     ])
     pivot = next((name for name in ("severity", "train_batch_size") if name in varying), None)
     if pivot is None:
@@ -318,8 +323,12 @@ def summary_page(df: pd.DataFrame, profile: str, scenario: str, reference_norm: 
              f"mCE = mean over corruptions of sum_s err / sum_s err({reference_norm}).",),
             display_robustness(robustness), tuple(f"Note: {note}" for note in robustness.attrs["notes"])))
     partial = (summary["status"] != OK) & (summary["n_seeds"] > 0)
-    notes = ("* some seeds could not be measured; reasons in the status column of the summary CSV.",)
-    sections.append(Section("All measurements", (), table, notes if partial.any() else ()))
+    notes = ("* some seeds could not be measured; reasons in the status column of the summary CSV.",) * bool(
+        partial.any())
+    if summary["near_chance"].any():
+        notes += (f"° within {NEAR_CHANCE * 100:g} points of the test set's chance level (column chance of the "
+                  "summary CSV): a number at chance is not a finding.",)
+    sections.append(Section("All measurements", (), table, notes))
     return Page(f"{scenario} (profile {profile})", tuple(intro), tuple(sections))
 
 
