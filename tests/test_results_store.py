@@ -40,11 +40,12 @@ def make_row(**overrides) -> ResultRow:
 
 
 def test_row_field_order_and_key():
-    assert COLUMNS[:14] == ("scenario", "profile", "dataset", "model", "norm", "norm_kwargs", "variant",
-                            "eval_mode", "corruption", "severity", "train_batch_size", "seed", "recipe", "metric")
-    assert COLUMNS[14:] == ("value", "chance", "n_examples", "status", "device", "hardware", "versions",
+    assert COLUMNS[:15] == ("scenario", "profile", "dataset", "model", "norm", "norm_kwargs", "variant",
+                            "eval_mode", "eval_kwargs", "corruption", "severity", "train_batch_size", "seed",
+                            "recipe", "metric")
+    assert COLUMNS[15:] == ("value", "chance", "n_examples", "status", "device", "hardware", "versions",
                             "git_commit", "checkpoint_hash", "wall_seconds")
-    assert KEY_FIELDS == (*COLUMNS[:14], "device")
+    assert KEY_FIELDS == (*COLUMNS[:15], "device")
 
 
 def test_row_canonicalises_kwargs_and_numbers():
