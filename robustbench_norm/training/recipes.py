@@ -2,14 +2,16 @@
 ``hparams_registry`` convention). No other module picks an architecture, an optimiser or a norm's kwargs
 by name.
 
-A scenario has **one shared recipe** that converges every norm family (checked by ``robustbench-norm
+A scenario has **one shared recipe** meant to converge every norm family (checked by ``robustbench-norm
 check-convergence``: twice the steps moves the mean validation accuracy over 3 seeds by at most 1 point;
-the table is ``docs/convergence-quick.md``). A family gets its own recipe only where the shared one does not
-train it, chosen on a validation split carved from the training set, never the test set
-(``robustbench-norm select-recipe``, table in ``docs/recipe-selection.md``). Today that is one family:
+what has been measured, and what is not yet converged, is in ``docs/convergence-quick.md``). A family gets
+its own recipe only where the shared one does not train it, compared on a validation split carved from the
+training set, never the test set, by ``robustbench-norm select-recipe``. Today that is one family:
 
 * norms placed on ViT patch tokens (``placement="tokens"``, Context Norm's CN-Patches) run on ``vit_tiny``,
-  which the conv nets' SGD schedule leaves at chance; it trains with Adam (lr 1e-3, no weight decay). Where
+  which the conv nets' SGD schedule leaves at chance; its supervised training uses Adam (lr 1e-3, no weight
+  decay). Its AdaMatch runs keep the reference SGD schedule, under which the quick ViT collapses to chance
+  (the leaderboard's rows show it); no AdaMatch recipe for ViTs has been selected yet. Where
   the scenario's net already is a ViT (the paper profile's ``vit_cn`` for ``blend`` and ``superclass``) they
   keep the shared recipe, so CN-Patches and CN-Channels compare on one net and one schedule.
 
