@@ -129,7 +129,7 @@ def _verdict(a: float, b: float, tolerance: float) -> str:
 def _cmd_check_convergence(args: argparse.Namespace) -> int:
     import torch
 
-    from robustbench_norm.convergence import check_convergence, markdown_table
+    from robustbench_norm.convergence import check_convergence, in_distribution_settings, markdown_table
     from robustbench_norm.norms import get_norm
     from robustbench_norm.scenarios import Session, get_scenario
 
@@ -137,7 +137,12 @@ def _cmd_check_convergence(args: argparse.Namespace) -> int:
     norms = [get_norm(name).name for name in args.norm]
     torch.set_num_threads(1)  # as the suite trains: the weights depend on the thread count
     session = Session.create(args.profile, device=args.device, seeds=args.seeds, cache_dir=args.cache_dir)
-    checks = check_convergence(session, scenarios, norms, factor=args.factor)
+    if args.setting is not None:
+        valid = {str(value) for name in scenarios for value in in_distribution_settings(session, name)}
+        unknown = sorted(set(args.setting) - valid)
+        if unknown:
+            raise SystemExit(f"check-convergence: unknown --setting {unknown} for {scenarios}; valid: {sorted(valid)}")
+    checks = check_convergence(session, scenarios, norms, factor=args.factor, settings=args.setting)
     command = "robustbench-norm check-convergence " + shlex.join(args.argv)
     table = markdown_table(checks, args.factor, args.seeds, command)
     print(table)
@@ -250,6 +255,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                             "switchnorm"])
     convergence.add_argument("--seeds", type=int, default=3)
     convergence.add_argument("--factor", type=int, default=2, help="the longer run's step multiple (default 2)")
+    convergence.add_argument("--setting", nargs="+", default=None,
+                             help="only these in-distribution settings (e.g. 64: the batch sweep's reference batch)")
     convergence.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     convergence.add_argument("--cache-dir", default=None, help="checkpoint cache (default: the user cache)")
     convergence.add_argument("--out", default=None, help="also write the table to this markdown file")

@@ -22,7 +22,7 @@ import math
 import statistics
 from dataclasses import dataclass, replace
 from functools import partial
-from typing import Any, Iterable
+from typing import Any, Collection, Iterable
 
 from robustbench_norm.scenarios import available, get_scenario
 from robustbench_norm.scenarios.session import Session
@@ -66,16 +66,24 @@ def _accuracies(session: Session, scenario: str, norm: str, value: Any) -> list[
     return [by_seed[seed] for seed in sorted(by_seed)]
 
 
-def check_convergence(session: Session, scenarios: Iterable[str], norms: Iterable[str],
-                      factor: int = 2) -> list[Check]:
-    """:class:`Check` rows for every (scenario, in-distribution value, norm) (module docstring)."""
+def in_distribution_settings(session: Session, scenario: str) -> list[Any]:
+    """The parameter values whose in-distribution model the check trains for ``scenario``."""
+    return list(get_scenario(scenario).in_distribution(get_scenario(scenario).values(session)))
+
+
+def check_convergence(session: Session, scenarios: Iterable[str], norms: Iterable[str], factor: int = 2,
+                      settings: Collection[str] | None = None) -> list[Check]:
+    """:class:`Check` rows for every (scenario, in-distribution value, norm) (module docstring); with
+    ``settings``, only the values whose ``str`` is one of them (e.g. ``{"64"}``: the reference batch)."""
     short = replace(session, validation=True, transform=None, _data={}, _models={})
     long = replace(short, transform=partial(scaled_steps, factor=factor), _data={}, _models={})
     checks = []
     for scenario in scenarios:
         if not available(session, scenario):
             continue
-        for value in get_scenario(scenario).in_distribution(get_scenario(scenario).values(session)):
+        for value in in_distribution_settings(session, scenario):
+            if settings is not None and str(value) not in settings:
+                continue
             for norm in norms:
                 checks.append(Check(scenario, value, norm, _accuracies(short, scenario, norm, value),
                                     _accuracies(long, scenario, norm, value)))

@@ -92,6 +92,13 @@ def test_unknown_command_is_a_usage_error(capsys):
     assert "invalid choice" in capsys.readouterr().err
 
 
+def test_check_convergence_rejects_an_unknown_setting_before_training(tmp_path):
+    with pytest.raises(SystemExit, match=r"unknown --setting \['8'\].*valid: \['2', '64'\]"):
+        cli.main(["check-convergence", "--scenario", "batch_size", "--norm", "batchnorm", "--setting", "8",
+                  "--cache-dir", str(tmp_path)])
+    assert not any(tmp_path.iterdir())
+
+
 @pytest.mark.parametrize("tolerance", ["-0.1", "nan", "inf"])
 def test_compare_rejects_bad_tolerance_with_exit_2(tmp_path, capsys, tolerance):
     a = write_csv(tmp_path / "a.csv", [make_row()])

@@ -84,8 +84,8 @@ def test_paper_profile_settings_of_issue_13():
     assert paper.domain_shift.variants == ("source_only", "adamatch", "adamatch_reference")
     assert paper.superclass.input_baselines == paper.blend.input_baselines == ("none", "batchnorm")
     chosen = recipe("paper", "batch_size", "groupnorm")
-    assert scaled_recipe(chosen, 2, "none").train.lr == chosen.train.lr == 0.1
-    assert scaled_recipe(chosen, 2, "linear").train.lr == pytest.approx(0.1 * 2 / 64)
+    assert scaled_recipe(chosen, 2, 50_000, "none").train.lr == chosen.train.lr == 0.1
+    assert scaled_recipe(chosen, 2, 50_000, "linear").train.lr == pytest.approx(0.1 * 2 / 64)
     assert chosen.norm_kwargs == {"num_groups": 32} and chosen.train.milestones == (150, 250)
     ada = recipe("paper", "domain_shift", "contextnorm")
     assert (ada.adamatch.optimizer, ada.adamatch.lr_decay, ada.adamatch.lr) == ("adam", "keras", 0.03)

@@ -11,6 +11,7 @@ from torch import nn
 import robustbench_norm
 from robustbench_norm.convergence import Check, markdown_table
 from robustbench_norm.scenarios import Session, get_scenario, plan_jobs, run_scenario
+from robustbench_norm.scenarios.batch_size import scaled_recipe
 from robustbench_norm.scenarios.mixture import ScenarioUnavailable
 from robustbench_norm.training.recipes import TOKEN_ARCH, family_candidates, recipe, scaled_steps, with_epochs
 
@@ -84,6 +85,21 @@ def test_epoch_override_and_step_scaling():
     assert doubled.train.epochs == 2 * chosen.train.epochs and doubled.adamatch.epochs == 2 * chosen.adamatch.epochs
     with pytest.raises(ValueError, match="epochs"):
         with_epochs(chosen, 0)
+
+
+def test_batch_sweep_step_floor_raises_epochs_of_large_batches_only():
+    chosen = recipe("quick", "batch_size", "groupnorm")
+    at = {b: scaled_recipe(chosen, b, 1400).train for b in (64, 16, 2)}
+    assert at[2].epochs == chosen.train.epochs and 1400 // 2 * at[2].epochs >= chosen.min_steps
+    for b in (64, 16):
+        steps_per_epoch = 1400 // b
+        assert steps_per_epoch * (at[b].epochs - 1) < chosen.min_steps <= steps_per_epoch * at[b].epochs
+    assert at[2].lr == pytest.approx(chosen.train.lr * 2 / 64)
+    doubled = scaled_steps(chosen, 2)
+    assert scaled_recipe(doubled, 64, 1400).train.epochs >= 2 * at[64].epochs - 1
+    assert with_epochs(chosen, 1).min_steps == 0 and scaled_recipe(with_epochs(chosen, 1), 64, 1400).train.epochs == 1
+    with pytest.raises(ValueError, match="exceeds"):
+        scaled_recipe(chosen, 64, 10)
 
 
 def test_validation_mode_never_reads_the_test_split(session):

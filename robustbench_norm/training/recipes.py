@@ -47,6 +47,8 @@ class Recipe:
         adamatch_reference: a second AdaMatch schedule run as the variant ``adamatch_reference`` (paper
             profile: the reference implementation's, next to the one the CN paper states).
         norm_kwargs: kwargs this scenario sets for the norm (``--norm-kwargs`` overrides them).
+        min_steps: the fewest optimiser steps any batch size of the ``batch_size`` sweep trains (its epochs
+            are raised until it takes them; 0 = the recipe's epochs at every batch size).
         source: where the recipe comes from, recorded with the results ("shared" or the family's reason).
     """
 
@@ -55,6 +57,7 @@ class Recipe:
     adamatch: AdaMatchConfig | None = None
     adamatch_reference: AdaMatchConfig | None = None
     norm_kwargs: dict[str, Any] = field(default_factory=dict)
+    min_steps: int = 0
     source: str = "shared"
 
     def schedule_dict(self) -> dict[str, Any]:
@@ -70,9 +73,9 @@ def _quick() -> dict[str, Recipe]:
     return {
         # mnist5k (4,000 training images, 28x28): 2,500 steps
         "noise": Recipe("quick_cnn", TrainConfig(epochs=20, batch_size=32, lr=0.05)),
-        # digits at 16x16: the reference batch 64 trains 220 steps; batch B trains 64/B times as many
-        # at lr 0.1 * B / 64 (scenarios.batch_size)
-        "batch_size": Recipe("quick_cnn", TrainConfig(epochs=10, batch_size=64, lr=0.1)),
+        # digits at 16x16: batch B trains 10 epochs at lr 0.1 * B / 64 and at least MIN_STEPS steps, so
+        # batch 64 trains 1,760 steps (80 epochs) and batch 2 7,180 (10 epochs) (scenarios.batch_size)
+        "batch_size": Recipe("quick_cnn", TrainConfig(epochs=10, batch_size=64, lr=0.1), min_steps=1760),
         # digits -> mnist5k at 16x16 grey: 880 AdaMatch steps (the EMAs decay over ~100 steps, not 1,000)
         "domain_shift": Recipe(
             "quick_cnn",
@@ -179,12 +182,14 @@ def family_candidates(profile: str, scenario: str, norm: str) -> dict[str, Recip
 
 
 def with_epochs(chosen: Recipe, epochs: int) -> Recipe:
-    """``chosen`` with every schedule set to ``epochs`` epochs (smoke runs; rows then carry another recipe)."""
+    """``chosen`` with every schedule set to ``epochs`` epochs and no step floor (smoke runs; rows then carry
+    another recipe)."""
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"epochs must be an integer >= 1, got {epochs!r}")
     adamatch, reference = (None if c is None else replace(c, epochs=epochs)
                            for c in (chosen.adamatch, chosen.adamatch_reference))
-    return replace(chosen, train=replace(chosen.train, epochs=epochs), adamatch=adamatch, adamatch_reference=reference)
+    return replace(chosen, train=replace(chosen.train, epochs=epochs), adamatch=adamatch, adamatch_reference=reference,
+                   min_steps=0)
 
 
 def scaled_steps(chosen: Recipe, factor: int) -> Recipe:
@@ -192,4 +197,4 @@ def scaled_steps(chosen: Recipe, factor: int) -> Recipe:
     adamatch, reference = (None if c is None else replace(c, epochs=c.epochs * factor)
                            for c in (chosen.adamatch, chosen.adamatch_reference))
     return replace(chosen, train=replace(chosen.train, epochs=chosen.train.epochs * factor), adamatch=adamatch,
-                   adamatch_reference=reference)
+                   adamatch_reference=reference, min_steps=chosen.min_steps * factor)
