@@ -8,6 +8,7 @@ from torch import nn
 
 from robustbench_norm.models import InputStandardization, build_model, list_models, norm_factory
 from robustbench_norm.models.factory import TOKEN_ARCHS
+from robustbench_norm.models.pooling import MaxPool2x2
 from robustbench_norm.models.resnet import ZeroPadShortcut
 from robustbench_norm.norms import build_norm, register_norm
 
@@ -307,3 +308,18 @@ def test_zero_pad_shortcut_against_loop():
                 for j in range(3):
                     expected = x[n, c, 2 * i, 2 * j] if c < 3 else 0.0
                     assert out[n, c, i, j] == expected
+
+
+@pytest.mark.parametrize("shape", [(3, 4, 28, 28), (2, 3, 7, 9), (1, 1, 2, 2)])
+def test_max_pool_2x2_equals_max_pool2d_in_inference_and_training(shape):
+    torch.manual_seed(0)
+    x = torch.randn(*shape)
+    x[0, 0, 0, 0] = float("nan")
+    pool = MaxPool2x2()
+    with torch.no_grad():
+        assert torch.equal(pool(x).nan_to_num(7.0), nn.functional.max_pool2d(x, 2).nan_to_num(7.0))
+    x = torch.relu(torch.randn(*shape)).requires_grad_()
+    reference = x.detach().clone().requires_grad_()
+    pool(x).square().sum().backward()
+    nn.functional.max_pool2d(reference, 2).square().sum().backward()
+    assert torch.equal(x.grad, reference.grad)

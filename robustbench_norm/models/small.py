@@ -12,6 +12,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from robustbench_norm.models.base import NormLayer, check_geometry
+from robustbench_norm.models.pooling import MaxPool2x2
 
 
 def act_norm_conv(in_channels: int, out_channels: int, kernel_size: int, norm_layer: NormLayer, *,
@@ -33,8 +34,8 @@ def conv_norm_act(in_channels: int, out_channels: int, kernel_size: int, norm_la
 class QuickCNN(nn.Module):
     """Small fast net for the quick profile (CPU minutes): conv16-[pool]-conv32-[pool]-conv64-GAP-linear.
 
-    3x3 convolutions, 2x2 max pooling, global average pooling, so any image size >= 4 works. Widths are
-    multiples of 16, so ILM Norm's key groups of 16 channels fit every layer. About 24 k parameters
+    3x3 convolutions, 2x2 max pooling (:class:`MaxPool2x2`), global average pooling, so any image size >= 4
+    works. Widths are multiples of 16, so ILM Norm's key groups of 16 channels fit every layer. About 24 k parameters
     (in_channels=1, 10 classes); one epoch over 1,400 28x28 images trains in about a second on 2 cores.
 
     Shapes: (N, in_channels, S, S) -> (N, num_classes).
@@ -49,9 +50,9 @@ class QuickCNN(nn.Module):
         w1, w2, w3 = self.widths
         self.features = nn.Sequential(
             conv_norm_act(in_channels, w1, 3, norm_layer),
-            nn.MaxPool2d(2),
+            MaxPool2x2(),
             conv_norm_act(w1, w2, 3, norm_layer),
-            nn.MaxPool2d(2),
+            MaxPool2x2(),
             conv_norm_act(w2, w3, 3, norm_layer),
             nn.AdaptiveAvgPool2d(1),
             nn.Flatten(),
@@ -81,11 +82,11 @@ class LocalNormMNISTNet(nn.Module):
         self.features = nn.Sequential(
             *act_norm_conv(in_channels, 16, 3, norm_layer, padding=0),
             *act_norm_conv(16, 16, 3, norm_layer, padding=0),
-            nn.MaxPool2d(2),
+            MaxPool2x2(),
             nn.Dropout(0.25),
             *act_norm_conv(16, 32, 3, norm_layer, padding=0),
             *act_norm_conv(32, 32, 3, norm_layer, padding=0),
-            nn.MaxPool2d(2),
+            MaxPool2x2(),
             nn.Dropout(0.25),
             nn.Flatten(),
         )
