@@ -129,7 +129,9 @@ def _verdict(a: float, b: float, tolerance: float) -> str:
 def _cmd_check_convergence(args: argparse.Namespace) -> int:
     import torch
 
-    from robustbench_norm.convergence import check_convergence, in_distribution_settings, markdown_table
+    from robustbench_norm.convergence import check_convergence, checks_frame, in_distribution_settings, markdown_table
+    from robustbench_norm.results.convergence import CSV_NAME, merge_checks
+    from robustbench_norm.results.provenance import git_commit
     from robustbench_norm.norms import get_norm
     from robustbench_norm.scenarios import Session, get_scenario
 
@@ -148,6 +150,10 @@ def _cmd_check_convergence(args: argparse.Namespace) -> int:
     print(table)
     if args.out:
         Path(args.out).write_text(f"# Convergence of the {args.profile} profile\n\n{table}")
+    if args.csv:
+        commit = git_commit(Path(__file__).resolve())
+        merge_checks(Path(args.csv) / args.profile / CSV_NAME,
+                     checks_frame(checks, args.factor, args.seeds, command, commit))
     return 0
 
 
@@ -260,6 +266,8 @@ def build_parser() -> argparse.ArgumentParser:
     convergence.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     convergence.add_argument("--cache-dir", default=None, help="checkpoint cache (default: the user cache)")
     convergence.add_argument("--out", default=None, help="also write the table to this markdown file")
+    convergence.add_argument("--csv", default=None, metavar="RESULTS_DIR",
+                             help="also merge the rows into RESULTS_DIR/<profile>/convergence.csv (publish shows them)")
     select = commands.add_parser(
         "select-recipe", help="validation accuracy of a norm family's own recipe against the shared one")
     select.add_argument("--profile", default="quick", choices=("quick", "paper"))

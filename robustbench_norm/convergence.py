@@ -13,7 +13,9 @@ blend          the joint model on the joint validation images (``day_night`` lik
 =============  ========================================================================================
 
 **Converged** = the mean over the seeds moves by at most ``TOLERANCE`` (1 accuracy point).
-``robustbench-norm check-convergence`` runs it and writes the markdown table (``docs/convergence-<profile>.md``).
+``robustbench-norm check-convergence`` runs it and writes the markdown table (``docs/convergence-<profile>.md``);
+with ``--csv`` it also merges its rows into ``<results>/<profile>/convergence.csv`` (key: scenario, setting,
+norm), from which ``robustbench-norm publish`` says on each scenario page which norms' numbers are converged.
 """
 
 from __future__ import annotations
@@ -24,6 +26,9 @@ from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any, Collection, Iterable
 
+import pandas as pd
+
+from robustbench_norm.results.convergence import CSV_COLUMNS
 from robustbench_norm.scenarios import available, get_scenario
 from robustbench_norm.scenarios.session import Session
 from robustbench_norm.training.recipes import family_candidates, scaled_steps
@@ -108,6 +113,17 @@ def markdown_table(checks: list[Check], factor: int, seeds: int, command: str) -
         lines.append(f"| {check.scenario} | {setting} | {check.norm} | {mean_short:.2f} | {mean_long:.2f} | "
                      f"{check.change * 100:+.2f} | {flag} |")
     return "\n".join(lines) + "\n"
+
+
+def checks_frame(checks: list[Check], factor: int, seeds: int, command: str, commit: str) -> pd.DataFrame:
+    """The checks as rows of ``convergence.csv`` (accuracies in %, ``converged`` "yes", "no" or "n/a")."""
+    rows = [{"scenario": check.scenario, "setting": "" if check.value is None else str(check.value),
+             "norm": check.norm, "short": round(statistics.fmean(check.short) * 100, 2),
+             "long": round(statistics.fmean(check.long) * 100, 2), "factor": factor, "seeds": seeds,
+             "change": round(check.change * 100, 2),
+             "converged": "n/a" if math.isnan(check.change) else "yes" if check.converged else "no",
+             "command": command, "commit": commit} for check in checks]
+    return pd.DataFrame(rows, columns=list(CSV_COLUMNS))
 
 
 def select_recipe(session: Session, scenario: str, norm: str) -> dict[str, list[float]]:

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from robustbench_norm import cli
+from robustbench_norm.results.convergence import CSV_NAME, merge_checks, read_checks
 from robustbench_norm.results.figures import class_names, identify_dataset, parse_confusion_stem, stored_key
 from robustbench_norm.results.publish import commit_flag, publish
 from robustbench_norm.results.rows import frame_to_rows
@@ -77,6 +78,28 @@ def test_pages_answer_with_a_ranked_headline_and_state_provenance(small_results)
     assert "contextnorm / cn+ on quick_cnn: target acc. adamatch 31.0 ± 0.6%" in index
     tex = (tables / "noise.tex").read_text()
     assert tex.count("\\begin{table}") == 2 and "\\toprule" in tex and "\\label{quick:noise:1}" in tex
+
+
+def test_pages_say_which_norms_are_converged(small_results):
+    checks = pd.DataFrame([
+        {"scenario": "noise", "setting": "", "norm": "groupnorm", "short": 97.1, "long": 99.07, "factor": 2,
+         "seeds": 3, "change": 1.97, "converged": "no", "command": "robustbench-norm check-convergence", "commit": "c1"},
+        {"scenario": "noise", "setting": "", "norm": "batchnorm", "short": 98.0, "long": 98.2, "factor": 2,
+         "seeds": 3, "change": 0.2, "converged": "yes", "command": "robustbench-norm check-convergence", "commit": "c1"},
+    ])
+    merge_checks(small_results / "quick" / CSV_NAME, checks)
+    merge_checks(small_results / "quick" / CSV_NAME, checks.iloc[[1]].assign(long=98.5, change=0.5))
+    assert list(read_checks(small_results / "quick" / CSV_NAME)["long"]) == [98.5, 99.07]
+    publish(small_results)
+    noise = (small_results / "quick" / "tables" / "noise.md").read_text()
+    assert "Not converged: groupnorm +1.97 points" in noise and "Converged (within 1 point at twice the steps): " \
+        "batchnorm." in noise
+    assert "| groupnorm |  | 97.10 | 99.07 | +1.97 | no | 3 |" in noise
+    batch = (small_results / "quick" / "tables" / "batch_size.md").read_text()
+    assert "Not checked for convergence: " in batch and "localnorm" in batch
+    (small_results / "quick" / CSV_NAME).write_text("scenario,norm\nnoise,batchnorm\n")
+    with pytest.raises(ValueError, match="not a convergence table"):
+        publish(small_results)
 
 
 def test_commit_flags():

@@ -19,6 +19,10 @@ Runs are never averaged together. A *run* is one results folder and one device t
 with several runs every page has a section per run and a side-by-side table of the runs' values. Rows that
 measure the same thing under two training recipes are left out of the tables (and listed), never averaged.
 
+Convergence on every page, where ``<results_dir>/<profile>/convergence.csv`` exists
+(:mod:`robustbench_norm.results.convergence`): which norms' in-distribution models are converged, which are
+not (their numbers measure the schedule), which were never checked.
+
 Provenance on every page: profile, device and hardware, the code commit of the rows (flagged when it is not
 the current HEAD of this checkout), package versions, the date the results file was last committed (or
 modified, when it has uncommitted changes), and the number of test images per test set.
@@ -38,6 +42,7 @@ import pandas as pd
 
 import robustbench_norm
 from robustbench_norm.atomic import atomic_write
+from robustbench_norm.results.convergence import CSV_NAME, convergence_blocks, read_checks
 from robustbench_norm.results.document import (
     Block,
     Details,
@@ -179,7 +184,8 @@ def publish_page(profile: str, scenario: str, runs: list[ScenarioRun], folder: P
     """Write one scenario's page (HTML, markdown, LaTeX), plots and figures; the files and the index entry."""
     written: list[Path] = []
     provenance = provenance_table(profile, runs, head)
-    blocks: list[Block] = [Links(_page_links(scenario, folder, root)), provenance]
+    blocks: list[Block] = [Links(_page_links(scenario, folder, root)), provenance,
+                           *page_convergence(profile, scenario, runs)]
     sections, leaders, measured, plots = [], [], [], []
     for scenario_run in runs:
         section, run_files, measurements = run_section(profile, scenario, scenario_run, folder)
@@ -215,6 +221,16 @@ def publish_page(profile: str, scenario: str, runs: list[ScenarioRun], folder: P
     page = str((folder / f"{scenario}.html").relative_to(root))
     return written, PageEntry(profile, scenario, page, tuple(leaders), _relative(plots, root),
                               _relative(linked, root), _relative(figures.confusions, root))
+
+
+def page_convergence(profile: str, scenario: str, runs: list[ScenarioRun]) -> list[Block]:
+    """The convergence summary of the first run's folder that has ``<profile>/convergence.csv``, else none."""
+    for scenario_run in runs:
+        checks = read_checks(scenario_run.run.results_dir / profile / CSV_NAME)
+        if len(checks):
+            norms = sorted({norm for run in runs for norm in run.rows["norm"]})
+            return convergence_blocks(checks, scenario, norms)
+    return []
 
 
 def _relative(paths: list[Path], root: Path) -> tuple[tuple[str, str], ...]:
