@@ -129,7 +129,7 @@ def _verdict(a: float, b: float, tolerance: float) -> str:
 def _cmd_check_convergence(args: argparse.Namespace) -> int:
     import torch
 
-    from robustbench_norm.convergence import check_convergence, checks_frame, in_distribution_settings, markdown_table
+    from robustbench_norm.convergence import check_convergence, checkable_settings, checks_frame, markdown_table
     from robustbench_norm.results.convergence import CSV_NAME, merge_checks
     from robustbench_norm.results.provenance import git_commit
     from robustbench_norm.norms import get_norm
@@ -140,7 +140,7 @@ def _cmd_check_convergence(args: argparse.Namespace) -> int:
     torch.set_num_threads(1)  # as the suite trains: the weights depend on the thread count
     session = Session.create(args.profile, device=args.device, seeds=args.seeds, cache_dir=args.cache_dir)
     if args.setting is not None:
-        valid = {str(value) for name in scenarios for value in in_distribution_settings(session, name)}
+        valid = {str(value) for name in scenarios for value in checkable_settings(session, name)}
         unknown = sorted(set(args.setting) - valid)
         if unknown:
             raise SystemExit(f"check-convergence: unknown --setting {unknown} for {scenarios}; valid: {sorted(valid)}")
@@ -262,7 +262,8 @@ def build_parser() -> argparse.ArgumentParser:
     convergence.add_argument("--seeds", type=int, default=3)
     convergence.add_argument("--factor", type=int, default=2, help="the longer run's step multiple (default 2)")
     convergence.add_argument("--setting", nargs="+", default=None,
-                             help="only these in-distribution settings (e.g. 64: the batch sweep's reference batch)")
+                             help="only these settings (e.g. 64: the batch sweep's reference batch; adamatch: the domain "
+                                  "shift's adapted model on the target)")
     convergence.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     convergence.add_argument("--cache-dir", default=None, help="checkpoint cache (default: the user cache)")
     convergence.add_argument("--out", default=None, help="also write the table to this markdown file")

@@ -12,6 +12,10 @@ domain_shift   the source-only model on the source's validation images
 blend          the joint model on the joint validation images (``day_night`` likewise)
 =============  ========================================================================================
 
+On request (``settings``, the command's ``--setting``) it also checks an adapted model: ``domain_shift``'s
+``adamatch``, scored on the *target's* validation split (held out of the unlabelled target images AdaMatch
+trains on), so the table says whether the adaptation numbers are converged too.
+
 **Converged** = the mean over the seeds moves by at most ``TOLERANCE`` (1 accuracy point).
 ``robustbench-norm check-convergence`` runs it and writes the markdown table (``docs/convergence-<profile>.md``);
 with ``--csv`` it also merges its rows into ``<results>/<profile>/convergence.csv`` (key: scenario, setting,
@@ -56,16 +60,21 @@ class Check:
         return abs(self.change) <= TOLERANCE
 
 
-def _accuracies(session: Session, scenario: str, norm: str, value: Any) -> list[float]:
-    """Per-seed validation accuracy of the in-distribution model in the norm's first mode.
+# settings checked only on request, with the metric that is compared
+ADAPTED_SETTINGS: dict[str, dict[str, str]] = {"domain_shift": {"adamatch": "target_accuracy"}}
 
-    A scenario's ``run`` scores each seed's in-distribution test set first, in the norm's first test-time
-    mode, so the first accuracy row of each seed is the one to compare.
+
+def _accuracies(session: Session, scenario: str, norm: str, value: Any,
+                metrics: Collection[str] = IN_DISTRIBUTION_METRICS) -> list[float]:
+    """Per-seed validation accuracy (the first row of ``metrics``) in the norm's first mode.
+
+    A scenario's ``run`` scores each seed's in-distribution test set first (the domain shift: source, then
+    target), in the norm's first test-time mode, so the first row of each seed is the one to compare.
     """
     outcome = get_scenario(scenario).run(session, norm, value)
     by_seed: dict[int, float] = {}
     for row in outcome.rows:
-        if row.metric in IN_DISTRIBUTION_METRICS:
+        if row.metric in metrics:
             by_seed.setdefault(row.seed, row.value)
     session.release()
     return [by_seed[seed] for seed in sorted(by_seed)]
@@ -76,22 +85,30 @@ def in_distribution_settings(session: Session, scenario: str) -> list[Any]:
     return list(get_scenario(scenario).in_distribution(get_scenario(scenario).values(session)))
 
 
+def checkable_settings(session: Session, scenario: str) -> list[Any]:
+    """The in-distribution settings and those checked on request (:data:`ADAPTED_SETTINGS`)."""
+    return [*in_distribution_settings(session, scenario), *ADAPTED_SETTINGS.get(scenario, {})]
+
+
 def check_convergence(session: Session, scenarios: Iterable[str], norms: Iterable[str], factor: int = 2,
                       settings: Collection[str] | None = None) -> list[Check]:
     """:class:`Check` rows for every (scenario, in-distribution value, norm) (module docstring); with
-    ``settings``, only the values whose ``str`` is one of them (e.g. ``{"64"}``: the reference batch)."""
+    ``settings``, only the values whose ``str`` is one of them (e.g. ``{"64"}``: the reference batch), which
+    may name an adapted setting (``{"adamatch"}``)."""
     short = replace(session, validation=True, transform=None, _data={}, _models={})
     long = replace(short, transform=partial(scaled_steps, factor=factor), _data={}, _models={})
     checks = []
     for scenario in scenarios:
         if not available(session, scenario):
             continue
-        for value in in_distribution_settings(session, scenario):
-            if settings is not None and str(value) not in settings:
+        adapted = ADAPTED_SETTINGS.get(scenario, {})
+        for value in checkable_settings(session, scenario):
+            if (str(value) not in settings) if settings is not None else value in adapted:
                 continue
+            metrics = (adapted[value],) if value in adapted else IN_DISTRIBUTION_METRICS
             for norm in norms:
-                checks.append(Check(scenario, value, norm, _accuracies(short, scenario, norm, value),
-                                    _accuracies(long, scenario, norm, value)))
+                checks.append(Check(scenario, value, norm, _accuracies(short, scenario, norm, value, metrics),
+                                    _accuracies(long, scenario, norm, value, metrics)))
     return checks
 
 

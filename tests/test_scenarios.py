@@ -136,6 +136,27 @@ def test_evaluate_scores_a_user_model_without_training(tmp_path):
     assert rows["corruption"].nunique() == 3
 
 
+def test_convergence_check_compares_the_adapted_target_only_on_request(session, monkeypatch):
+    from types import SimpleNamespace
+
+    import robustbench_norm.convergence as convergence
+
+    def fake_run(run_session, norm, value):
+        scale = run_session.recipe("domain_shift", norm).adamatch.epochs  # 2x steps -> twice the number
+        rows = [SimpleNamespace(seed=0, metric="source_accuracy", value=0.9),
+                SimpleNamespace(seed=0, metric="target_accuracy", value=0.01 * scale)]
+        return SimpleNamespace(rows=rows)
+
+    real = convergence.get_scenario
+    monkeypatch.setattr(convergence, "get_scenario",
+                        lambda name: SimpleNamespace(run=fake_run, in_distribution=real(name).in_distribution,
+                                                     values=real(name).values))
+    plain = convergence.check_convergence(session, ["domain_shift"], ["batchnorm"])
+    assert [(c.value, c.short, c.long) for c in plain] == [("source_only", [0.9], [0.9])]
+    adapted = convergence.check_convergence(session, ["domain_shift"], ["batchnorm"], settings={"adamatch"})
+    assert [(c.value, c.short, c.long) for c in adapted] == [("adamatch", [0.01], [0.02])]
+
+
 def test_convergence_table_flags_a_moving_number():
     checks = [Check("noise", None, "groupnorm", [0.95, 0.96], [0.98, 0.98]),
               Check("noise", None, "batchnorm", [0.98, 0.98], [0.985, 0.98])]
