@@ -26,6 +26,7 @@ import math
 import shlex
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 from typing import Sequence
 
@@ -184,6 +185,32 @@ def _cmd_select_recipe(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_prune(args: argparse.Namespace) -> int:
+    from robustbench_norm.norms import list_norms
+    from robustbench_norm.results import ResultStore, summarize_results_dir
+    from robustbench_norm.results.baselines import baseline_path, drop_baselines
+    from robustbench_norm.results.store import superseded
+    from robustbench_norm.scenarios import Session, available, plan_jobs
+
+    results = Path(args.results_dir)
+    if not (results / args.profile).is_dir():
+        raise ValueError(f"no results of profile {args.profile!r} in {results}")
+    store = ResultStore(results)
+    session = Session.create(args.profile, device="cpu", seeds=1, data_dir=args.data_dir)
+    registered = set(list_norms())
+    for profile, scenario in store.tables():
+        if profile != args.profile or not available(session, scenario):
+            continue
+        norms = sorted(set(store.read(profile, scenario)["norm"]) & registered)
+        current = {job.recipe_id for norm in norms for job in plan_jobs(session, scenario, norm)}
+        rule = partial(superseded, current=current)
+        removed = store.drop(profile, scenario, rule)
+        gone = drop_baselines(baseline_path(Path(args.baselines_dir or results), profile, scenario), rule)
+        print(f"{profile}/{scenario}: removed {removed} superseded rows and {gone} baselines")
+    summarize_results_dir(results, args.profile)
+    return 0
+
+
 def _cmd_sweep(args: argparse.Namespace) -> int:
     from robustbench_norm.sweep import sweep_command
 
@@ -284,6 +311,12 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--metric", default="accuracy", help="metric to compare (default: accuracy)")
     compare.add_argument("--tolerance", type=float, default=0.02,
                          help="allowed drop of B below A (default: 0.02)")
+    prune = commands.add_parser("prune", help="remove result rows and baselines that a row under the current "
+                                "recipe has superseded (after a schedule change); rewrites the summaries")
+    prune.add_argument("--results-dir", required=True, help="results folder, e.g. leaderboards")
+    prune.add_argument("--baselines-dir", default=None, help="baselines folder (default: the results folder)")
+    prune.add_argument("--profile", default="quick", choices=("quick", "paper"))
+    prune.add_argument("--data-dir", default=None, help="folder of the real data sets (paper profile)")
     _add_sweep_and_merge_parsers(commands)
     return parser
 
@@ -297,7 +330,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.argv = argv[1:]
     handlers = {"list": _cmd_list, "publish": _cmd_publish, "compare": _cmd_compare,
                 "check-convergence": _cmd_check_convergence, "select-recipe": _cmd_select_recipe,
-                "sweep": _cmd_sweep, "merge": _cmd_merge}
+                "sweep": _cmd_sweep, "merge": _cmd_merge, "prune": _cmd_prune}
     try:
         return handlers[args.command](args)
     except (ValueError, OSError) as error:  # damaged or unreadable inputs: an error, never "regression found"

@@ -23,7 +23,7 @@ from robustbench_norm.results.rows import (
     read_frame_csv,
     rows_to_frame,
 )
-from robustbench_norm.results.store import ResultStore
+from robustbench_norm.results.store import ResultStore, superseded
 
 
 def make_row(**overrides) -> ResultRow:
@@ -159,6 +159,20 @@ def test_write_merges_by_key_and_keeps_other_norms(tmp_path):
                       ("groupnorm", 0, "accuracy"): 0.7, ("batchnorm", 0, "prediction_entropy"): 0.2}
     assert table.equals(table.sort_values(list(KEY_FIELDS), kind="mergesort").reset_index(drop=True))
     assert store.tables() == [("quick", "noise")]
+
+
+def test_drop_removes_only_rows_a_current_recipe_superseded(tmp_path):
+    store = ResultStore(tmp_path)
+    store.write([make_row(recipe="v3-old", seed=0, value=0.5), make_row(recipe="v3-new", seed=0, value=0.9),
+                 make_row(recipe="v3-old", seed=1, value=0.6),  # no current row for seed 1: kept
+                 make_row(recipe="v3-kwargs", norm_kwargs={"eps": 0.1}, seed=0, value=0.4)])
+    path = store.path("quick", "noise")
+    before = path.stat().st_mtime_ns
+    assert store.drop("quick", "noise", lambda table: superseded(table, {"v3-other"})) == 0
+    assert path.stat().st_mtime_ns == before  # nothing to drop: file untouched
+    assert store.drop("quick", "noise", lambda table: superseded(table, {"v3-new"})) == 1
+    table = store.read("quick", "noise")
+    assert sorted(zip(table["recipe"], table["seed"])) == [("v3-kwargs", 0), ("v3-new", 0), ("v3-old", 1)]
 
 
 def test_write_routes_rows_by_profile_and_scenario(tmp_path):

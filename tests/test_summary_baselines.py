@@ -14,13 +14,14 @@ from robustbench_norm.results.baselines import (
     NoBaselineWarning,
     check_against_baselines,
     derive_baselines,
+    drop_baselines,
     missing_baselines,
     read_baselines,
     tolerance_from_spread,
     update_baselines,
 )
 from robustbench_norm.results.rows import ResultRow, rows_to_frame
-from robustbench_norm.results.store import ResultStore
+from robustbench_norm.results.store import ResultStore, superseded
 from robustbench_norm.results.summary import (
     robustness_table,
     summarize,
@@ -257,6 +258,13 @@ def test_update_baselines_merges_by_key_and_reads_back(tmp_path):
     assert sorted(p.name for p in path.parent.iterdir()) == ["noise.csv"]
     assert check_against_baselines(baseline_rows("localnorm", [0.69]), path) == []
     assert len(check_against_baselines(baseline_rows("localnorm", [0.3]), path)) == 1
+
+
+def test_drop_baselines_removes_a_superseded_recipe(tmp_path):
+    path = tmp_path / "noise.csv"
+    update_baselines(rows_to_frame([make_row(seed=s, recipe=r) for s in (0, 1) for r in ("v3-old", "v3-new")]), path)
+    assert drop_baselines(path, lambda table: superseded(table, {"v3-new"})) == 1
+    assert list(read_baselines(path)["recipe"]) == ["v3-new"]
 
 
 @pytest.mark.parametrize("edit, problem", [

@@ -29,6 +29,7 @@ import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import pandas as pd
 
@@ -126,6 +127,18 @@ def update_baselines(df_rows: pd.DataFrame, path: Path | str) -> pd.DataFrame:
             merged[name] = merged[name].fillna("")
         atomic_write(path, lambda handle: merged.to_csv(handle, index=False, na_rep="nan", lineterminator="\n"))
     return merged
+
+
+def drop_baselines(path: Path | str, rows: Callable[[pd.DataFrame], pd.Series]) -> int:
+    """Remove the baselines of ``path`` for which ``rows(table)`` is True (locked, atomic); the number removed."""
+    path = Path(path)
+    with locked(path):
+        existing = read_baselines(path, keep_extra_columns=True)
+        mask = rows(existing)
+        if mask.any():
+            kept = existing.loc[~mask]
+            atomic_write(path, lambda handle: kept.to_csv(handle, index=False, na_rep="nan", lineterminator="\n"))
+    return int(mask.sum())
 
 
 def key_label(key: dict) -> str:

@@ -15,6 +15,10 @@ a process that waited on a removed lock file notices (inode check) and locks the
 safe. POSIX only (``fcntl``). Every writer of a table holds its lock, so a temporary file of the table
 found while holding it was left by a killed writer: it is removed before the write.
 
+Superseded rows. The recipe is part of the key, so a schedule change leaves the old recipe's rows next to the
+new ones; :func:`superseded` finds them and :meth:`ResultStore.drop` removes them (``robustbench-norm prune``,
+an explicit act, never done by a run).
+
 Damage and extra columns. Reading a table that is not a valid result CSV (unparsable line, missing
 column, a value of the wrong type, an invalid row, a repeated key) raises ``ValueError`` naming the file,
 the line and the problem (:func:`~robustbench_norm.results.rows.read_frame_csv`); nothing is written over
@@ -30,7 +34,7 @@ import os
 import re
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Callable, Collection, Iterable, Iterator, Sequence
 
 import pandas as pd
 
@@ -105,6 +109,16 @@ def merge_by_key(existing: pd.DataFrame, new: pd.DataFrame, key: Sequence[str]) 
     return merged.sort_values(key, kind="mergesort").reset_index(drop=True)
 
 
+def superseded(frame: pd.DataFrame, current: Collection[str]) -> pd.Series:
+    """Rows (result rows or baselines) whose recipe is not in ``current`` although the same measurement (the
+    key without ``recipe``) also has a row under a recipe in ``current``: what a schedule change replaced.
+    A measurement with no current row (e.g. one run with other norm kwargs) is never superseded."""
+    key = [name for name in KEY_FIELDS if name in frame.columns and name != "recipe"]
+    is_current = frame["recipe"].isin(list(current))
+    has_current = is_current.groupby([frame[name] for name in key], dropna=False).transform("any")
+    return has_current & ~is_current
+
+
 def is_result_csv(path: Path) -> bool:
     """Whether ``path`` is a CSV of result rows: its header starts with the schema's columns (more may follow)."""
     with open(path, encoding="utf-8", errors="replace") as handle:
@@ -145,6 +159,19 @@ class ResultStore:
                 atomic_write(path, lambda handle: write_frame_csv(merged, handle, extra_columns=extra))
             written.append(path)
         return written
+
+    def drop(self, profile: str, scenario: str, rows: Callable[[pd.DataFrame], pd.Series]) -> int:
+        """Remove the rows of ``(profile, scenario)`` for which ``rows(table)`` is True, under the table's lock,
+        atomically; the number removed (0 leaves the file untouched)."""
+        path = self.path(profile, scenario)
+        with locked(path):
+            existing = self._read_path(path, keep_extra_columns=True)
+            mask = rows(existing)
+            if mask.any():
+                kept = existing.loc[~mask].reset_index(drop=True)
+                extra = [name for name in existing.columns if name not in COLUMNS]
+                atomic_write(path, lambda handle: write_frame_csv(kept, handle, extra_columns=extra))
+        return int(mask.sum())
 
     def read(self, profile: str, scenario: str) -> pd.DataFrame:
         """The table of ``(profile, scenario)`` (schema columns); an empty table if there is none.
