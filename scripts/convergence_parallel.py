@@ -1,8 +1,10 @@
 """``robustbench-norm check-convergence`` for every (scenario, norm) pair at once, one process per pair.
 
-Usage: ``python scripts/convergence_parallel.py OUT.md JOBS [check-convergence options, e.g. --device cuda]``.
-Each pair runs as its own process (one torch thread each); their table rows are merged, in scenario then
-norm order, into OUT.md. A pair that fails or has not finished is listed as such, never dropped.
+Usage: ``python scripts/convergence_parallel.py OUT.md JOBS [check-convergence options, e.g. --device cuda
+--csv leaderboards]``. Each pair runs as its own process (one torch thread each); their table rows are merged,
+in scenario then norm order, into OUT.md (with ``--csv``, each process also merges its rows into the results
+folder's ``convergence.csv``, under a lock). A pair that fails or has not finished is listed as such, never
+dropped.
 """
 
 from __future__ import annotations
@@ -10,7 +12,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import tempfile
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
@@ -21,14 +22,13 @@ NORMS = tuple(os.environ.get("NORMS", "batchnorm groupnorm instancenorm layernor
 HEADER = "| scenario | setting | norm | 1x steps | 2x steps | change | converged |\n|---|---|---|---|---|---|---|\n"
 
 
-def run_pair(folder: Path, scenario: str, norm: str, options: list[str]) -> tuple[str, str, str]:
-    table = folder / f"{scenario}__{norm}.md"
+def run_pair(scenario: str, norm: str, options: list[str]) -> tuple[str, str, str]:
     command = [sys.executable, "-m", "robustbench_norm.cli", "check-convergence", "--scenario", scenario,
-               "--norm", norm, "--out", str(table), *options]
+               "--norm", norm, *options]
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
         return scenario, norm, f"| {scenario} | | {norm} | failed: {done.stderr.strip().splitlines()[-1:]} | | | |\n"
-    rows = [line for line in table.read_text().splitlines() if line.startswith(f"| {scenario} ")]
+    rows = [line for line in done.stdout.splitlines() if line.startswith(f"| {scenario} ")]
     return scenario, norm, "\n".join(rows) + "\n"
 
 
@@ -46,8 +46,8 @@ def main(out: str, jobs: str, *options: str) -> None:
     command = " ".join(["python scripts/convergence_parallel.py", out, jobs, *options])
     rows: dict[tuple[str, str], str] = {}
     write(out, command, rows)
-    with tempfile.TemporaryDirectory() as folder, ThreadPoolExecutor(int(jobs)) as pool:
-        futures = [pool.submit(run_pair, Path(folder), s, n, list(options)) for s in SCENARIOS for n in NORMS]
+    with ThreadPoolExecutor(int(jobs)) as pool:
+        futures = [pool.submit(run_pair, s, n, list(options)) for s in SCENARIOS for n in NORMS]
         for future in as_completed(futures):
             scenario, norm, row = future.result()
             rows[scenario, norm] = row
