@@ -68,7 +68,7 @@ def convergence_blocks(checks: pd.DataFrame, scenario: str, norms: list[str]) ->
         parts.append(f"Converged (within 1 point at twice the steps): {', '.join(converged)}.")
     if unchecked:
         parts.append(f"Not checked for convergence: {', '.join(unchecked)}.")
-    summary = Paragraph("Convergence of the in-distribution models (robustbench-norm check-convergence): "
+    summary = Paragraph("Convergence of the trained models (robustbench-norm check-convergence): "
                         + " ".join(parts))
     if not len(rows):
         return [summary]
