@@ -103,7 +103,8 @@ def check_convergence(session: Session, scenarios: Iterable[str], norms: Iterabl
             continue
         adapted = ADAPTED_SETTINGS.get(scenario, {})
         for value in checkable_settings(session, scenario):
-            if (str(value) not in settings) if settings is not None else value in adapted:
+            requested = str(value) in settings if settings is not None else value not in adapted
+            if not requested:
                 continue
             metrics = (adapted[value],) if value in adapted else IN_DISTRIBUTION_METRICS
             for norm in norms:
@@ -121,14 +122,10 @@ def markdown_table(checks: list[Check], factor: int, seeds: int, command: str) -
         f"| scenario | setting | norm | 1x steps | {factor}x steps | change | converged |",
         "|---|---|---|---|---|---|---|",
     ]
-    for check in checks:
-        setting = "" if check.value is None else str(check.value)
-        mean_short, mean_long = statistics.fmean(check.short) * 100, statistics.fmean(check.long) * 100
-        flag = "yes" if check.converged else "**no**"
-        if math.isnan(check.change):
-            flag = "n/a"
-        lines.append(f"| {check.scenario} | {setting} | {check.norm} | {mean_short:.2f} | {mean_long:.2f} | "
-                     f"{check.change * 100:+.2f} | {flag} |")
+    for row in checks_frame(checks, factor, seeds, command, commit="").itertuples():
+        flag = "**no**" if row.converged == "no" else row.converged
+        lines.append(f"| {row.scenario} | {row.setting} | {row.norm} | {row.short:.2f} | {row.long:.2f} | "
+                     f"{row.change:+.2f} | {flag} |")
     return "\n".join(lines) + "\n"
 
 

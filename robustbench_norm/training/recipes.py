@@ -73,7 +73,7 @@ def _quick() -> dict[str, Recipe]:
     return {
         # mnist5k (4,000 training images, 28x28): 2,500 steps
         "noise": Recipe("quick_cnn", TrainConfig(epochs=20, batch_size=32, lr=0.05)),
-        # digits at 16x16: batch B trains 10 epochs at lr 0.1 * B / 64 and at least MIN_STEPS steps, so
+        # digits at 16x16: batch B trains 10 epochs at lr 0.1 * B / 64 and at least min_steps steps, so
         # batch 64 trains 1,760 steps (80 epochs) and batch 2 7,180 (10 epochs) (scenarios.batch_size)
         "batch_size": Recipe("quick_cnn", TrainConfig(epochs=10, batch_size=64, lr=0.1), min_steps=1760),
         # digits -> mnist5k at 16x16 grey: 880 AdaMatch steps (the EMAs decay over ~100 steps, not 1,000)
