@@ -78,6 +78,14 @@ def test_recipes_answer_every_quick_scenario_and_reject_unknown_names():
     assert set(family_candidates("quick", "noise", "groupnorm")) == {"shared"}
 
 
+def test_a_family_schedule_changes_only_its_scenario_and_compares_with_the_shared_one():
+    shared, own = recipe("quick", "blend", "batchnorm"), recipe("quick", "blend", "localnorm")
+    assert own.train.epochs == 4 * shared.train.epochs and own.source != "shared"
+    assert recipe("quick", "day_night", "localnorm").train == recipe("quick", "day_night", "batchnorm").train
+    candidates = family_candidates("quick", "blend", "localnorm")
+    assert candidates["shared"].train == shared.train and candidates["family"] == own
+
+
 def test_epoch_override_and_step_scaling():
     chosen = recipe("quick", "domain_shift", "batchnorm")
     assert with_epochs(chosen, 1).train.epochs == with_epochs(chosen, 1).adamatch.epochs == 1
