@@ -166,18 +166,27 @@ def _cmd_select_recipe(args: argparse.Namespace) -> int:
     from robustbench_norm.convergence import select_recipe
     from robustbench_norm.norms import get_norm
     from robustbench_norm.scenarios import Session, get_scenario
+    from robustbench_norm.training.recipes import family_candidates
 
     torch.set_num_threads(1)
     session = Session.create(args.profile, device=args.device, seeds=args.seeds, cache_dir=args.cache_dir)
     lines = [f"Produced by `robustbench-norm select-recipe {shlex.join(args.argv)}` (validation split = 20 % of "
              f"each training set; {args.seeds} seeds).", "",
              "| scenario | norm | candidate | validation accuracy (mean) | per seed |", "|---|---|---|---|---|"]
-    for scenario in args.scenario:
-        for norm in args.norm:
-            scores = select_recipe(session, get_scenario(scenario).name, get_norm(norm).name)
+    scenarios = [get_scenario(name).name for name in args.scenario]  # unknown names fail here, before training
+    norms = [get_norm(name).name for name in args.norm]
+    shared_only = []
+    for scenario in scenarios:
+        for norm in norms:
+            if len(family_candidates(args.profile, scenario, norm)) == 1:
+                shared_only.append(f"{norm} in {scenario}")
+                continue
+            scores = select_recipe(session, scenario, norm)
             for name, values in scores.items():
                 per_seed = ", ".join(f"{v * 100:.1f}" for v in values)
                 lines.append(f"| {scenario} | {norm} | {name} | {statistics.fmean(values) * 100:.2f} | {per_seed} |")
+    if shared_only:
+        lines += ["", f"No family recipe (nothing to compare): {', '.join(shared_only)}."]
     table = "\n".join(lines) + "\n"
     print(table)
     if args.out:

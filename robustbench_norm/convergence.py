@@ -64,7 +64,7 @@ class Check:
 ADAPTED_SETTINGS: dict[str, dict[str, str]] = {"domain_shift": {"adamatch": "target_accuracy"}}
 
 
-def _accuracies(session: Session, scenario: str, norm: str, value: Any,
+def validation_accuracies(session: Session, scenario: str, norm: str, value: Any,
                 metrics: Collection[str] = IN_DISTRIBUTION_METRICS) -> list[float]:
     """Per-seed validation accuracy (the first row of ``metrics``) in the norm's first mode.
 
@@ -108,8 +108,9 @@ def check_convergence(session: Session, scenarios: Iterable[str], norms: Iterabl
                 continue
             metrics = (adapted[value],) if value in adapted else IN_DISTRIBUTION_METRICS
             for norm in norms:
-                checks.append(Check(scenario, value, norm, _accuracies(short, scenario, norm, value, metrics),
-                                    _accuracies(long, scenario, norm, value, metrics)))
+                checks.append(Check(scenario, value, norm,
+                                    validation_accuracies(short, scenario, norm, value, metrics),
+                                    validation_accuracies(long, scenario, norm, value, metrics)))
     return checks
 
 
@@ -148,5 +149,6 @@ def select_recipe(session: Session, scenario: str, norm: str) -> dict[str, list[
     for name, candidate in candidates.items():
         trial = replace(session, validation=True, transform=lambda _, candidate=candidate: candidate, _data={},
                         _models={})
-        scores[name] = [accuracy for value in values for accuracy in _accuracies(trial, scenario, norm, value)]
+        scores[name] = [accuracy for value in values
+                        for accuracy in validation_accuracies(trial, scenario, norm, value)]
     return scores

@@ -99,6 +99,15 @@ def test_check_convergence_rejects_an_unknown_setting_before_training(tmp_path):
     assert not any(tmp_path.iterdir())
 
 
+def test_select_recipe_names_pairs_without_a_family_recipe_and_checks_names_before_training(tmp_path, capsys):
+    assert cli.main(["select-recipe", "--scenario", "blend", "--norm", "groupnorm", "--cache-dir", str(tmp_path)]) == 0
+    assert "No family recipe (nothing to compare): groupnorm in blend." in capsys.readouterr().out
+    assert cli.main(["select-recipe", "--scenario", "blend", "--norm", "localnorm", "nosuch",
+                     "--cache-dir", str(tmp_path)]) == cli.ERROR_EXIT
+    assert "nosuch" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+
+
 @pytest.mark.parametrize("tolerance", ["-0.1", "nan", "inf"])
 def test_compare_rejects_bad_tolerance_with_exit_2(tmp_path, capsys, tolerance):
     a = write_csv(tmp_path / "a.csv", [make_row()])
