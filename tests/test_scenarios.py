@@ -12,7 +12,7 @@ import robustbench_norm
 from robustbench_norm.convergence import Check, markdown_table
 from robustbench_norm.scenarios import Session, get_scenario, plan_jobs, run_scenario
 from robustbench_norm.scenarios.batch_size import scaled_recipe
-from robustbench_norm.scenarios.mixture import ScenarioUnavailable
+from robustbench_norm.scenarios.mixture import ScenarioUnavailable, join_parts, settings_of
 from robustbench_norm.training.recipes import TOKEN_ARCH, family_candidates, recipe, scaled_steps, with_epochs
 
 
@@ -120,6 +120,14 @@ def test_validation_mode_never_reads_the_test_split(session):
     assert len(validation.train) + len(validation.test) == len(full.train)
     pixels = {bytes(image.numpy()) for image in full.test.images}
     assert not any(bytes(image.numpy()) in pixels for image in validation.test.images[:200])
+
+
+def test_a_mixture_tests_its_parts_in_one_fixed_shuffled_order(session):
+    joint = join_parts(session, settings_of(session, "day_night"))
+    first_batch = joint.test.contexts[:64]
+    assert 0 < int(first_batch.sum()) < 64  # day and night images in one test batch
+    assert torch.bincount(joint.test.contexts).tolist() == [400, 400]
+    assert torch.equal(join_parts(session, settings_of(session, "day_night")).test.labels, joint.test.labels)
 
 
 def test_superclass_is_unavailable_on_the_quick_profile(session):
