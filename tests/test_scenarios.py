@@ -81,7 +81,7 @@ def test_recipes_answer_every_quick_scenario_and_reject_unknown_names():
 def test_a_family_schedule_changes_only_its_scenario_and_compares_with_the_shared_one():
     shared, own = recipe("quick", "blend", "batchnorm"), recipe("quick", "blend", "localnorm")
     assert own.train.epochs == 2 * shared.train.epochs and own.source != "shared"
-    assert recipe("quick", "day_night", "localnorm").train == recipe("quick", "day_night", "batchnorm").train
+    assert recipe("quick", "noise", "localnorm").train == recipe("quick", "noise", "batchnorm").train
     candidates = family_candidates("quick", "blend", "localnorm")
     assert candidates["shared"].train == shared.train and candidates["family"] == own
 
