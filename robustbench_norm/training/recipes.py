@@ -9,7 +9,8 @@ its own recipe only where the shared one does not train it, compared on a valida
 training set, never the test set, by ``robustbench-norm select-recipe``. Today there are two:
 
 * norms placed on ViT patch tokens (``placement="tokens"``, Context Norm's CN-Patches) run on ``vit_tiny``,
-  which the conv nets' SGD schedule leaves at chance; its supervised training uses Adam (lr 1e-3, no weight
+  which the conv nets' SGD schedule trains poorly (blend validation: 36.8 % mean, one seed at chance, against
+  Adam's 84.9 %; ``docs/recipe-selection-quick.md``); its supervised training uses Adam (lr 1e-3, no weight
   decay). Its AdaMatch runs keep the reference SGD schedule, under which the quick ViT collapses to chance
   (the leaderboard's rows show it); no AdaMatch recipe for ViTs has been selected yet. Where
   the scenario's net already is a ViT (the paper profile's ``vit_cn`` for ``blend`` and ``superclass``) they
