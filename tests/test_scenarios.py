@@ -63,6 +63,9 @@ def test_one_context_scenarios_give_a_context_layer_one_context(session):
 def test_token_norms_run_and_are_recorded_on_the_vit(session):
     assert recipe("quick", "blend", "contextnorm_patches").arch == TOKEN_ARCH
     assert recipe("quick", "blend", "contextnorm_patches").train.optimizer == "adam"
+    adamatch = recipe("quick", "domain_shift", "contextnorm_patches").adamatch
+    assert (adamatch.optimizer, adamatch.lr) == ("adam", 1e-3)
+    assert recipe("quick", "domain_shift", "contextnorm").adamatch.optimizer == "sgd"
     outcome = run_scenario(session, "blend", "contextnorm_patches")
     assert {r.model for r in outcome.rows} == {TOKEN_ARCH}
 
