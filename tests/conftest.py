@@ -102,3 +102,19 @@ def small_results(tmp_path):
     root = tmp_path / "results"
     write_small_results(root)
     return root
+
+
+# -- layers with fused C kernels on the CPU (robustbench_norm/norms/native.py) --
+
+
+@pytest.fixture(params=["native", "aten"])
+def kernel_path(request, monkeypatch):
+    """Runs the test on each CPU path of the layers that have one: the C kernels, then the ATen ops that a GPU
+    runs (``ROBUSTBENCH_NORM_NATIVE=0``). The native run is skipped where no C compiler can build them."""
+    from robustbench_norm.norms import native
+
+    if request.param == "aten":
+        monkeypatch.setenv(native.DISABLE_VARIABLE, "0")
+    elif native.kernels(__import__("torch").zeros(1)) is None:
+        pytest.skip("the C kernels are not available here (no C compiler)")
+    return request.param

@@ -22,7 +22,14 @@ with a constant number of whole-tensor ops, whatever N, H and W:
   scale / rstd per instance) yields both sums and ``dy * scale + x * P' + Q'`` in one pass; one more pass
   adds ``x * (P - P') + (Q - Q')``.
 
-Time is O(NCHW) with about the memory traffic of two GroupNorms; the head costs O(NC) whatever it mixes.
+On the CPU (contiguous float32 / float64) the whole-tensor steps are C row kernels instead
+(:mod:`robustbench_norm.norms.native`): forward, the instance moments and ``y = (x - m) * scale + offset``;
+backward, the sums ``sum_hw dy`` and ``sum_hw dy (x - m)`` (= dL/dscale), then
+``dy * scale + (x - m) * P + (Q + P m)`` (centred, so a constant instance gives exactly ``offset`` and no
+cancellation). Each reads x (and dy) once, so the layer moves about the memory of one GroupNorm;
+elsewhere (CUDA) the ATen path above moves about that of two.
+
+Time is O(NCHW); the head costs O(NC) whatever it mixes.
 float16 / bfloat16 input is computed in float32 and the output cast back. The backward pass is not twice
 differentiable.
 """
@@ -34,6 +41,8 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
+
+from robustbench_norm.norms import native
 
 Head = Callable[..., tuple[Tensor, Tensor]]
 """``head(mean, var, *params) -> (scale, offset)``, all statistics and results of shape (N, C)."""
@@ -71,14 +80,22 @@ class _InstanceAffine(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, x: Tensor, head: Head, *params: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        x_hat, mean, rstd = _standardize(x)
-        var = _variance(rstd)
+        ctx.library = native.kernels(x)
+        if ctx.library is not None:
+            mean, var = _native_moments(ctx.library, x)
+        else:
+            x_hat, mean, rstd = _standardize(x)
+            var = _variance(rstd)
         needs = (True, True, *ctx.needs_input_grad[2:])
         with torch.enable_grad():
             leaves = [t.detach().requires_grad_(need) for t, need in zip((mean, var, *params), needs)]
             scale, offset = head(*leaves)
-        y = x_hat.mul_(_per_map(scale.detach() / rstd)).add_(_per_map(offset.detach()))
-        ctx.save_for_backward(x, mean, rstd)
+        if ctx.library is not None:
+            y = _native_affine(ctx.library, x, mean, scale.detach(), offset.detach())
+            ctx.save_for_backward(x, mean)
+        else:
+            y = x_hat.mul_(_per_map(scale.detach() / rstd)).add_(_per_map(offset.detach()))
+            ctx.save_for_backward(x, mean, rstd)
         ctx.graph = (leaves, scale, offset)
         ctx.mark_non_differentiable(mean, var)
         return y, mean, var
@@ -86,6 +103,8 @@ class _InstanceAffine(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad_y: Tensor, _mean: Tensor, _var: Tensor) -> tuple[Tensor | None, ...]:
+        if ctx.library is not None:
+            return _native_backward(ctx, grad_y.contiguous())
         x, mean, rstd = ctx.saved_tensors
         leaves, scale, offset = ctx.graph
         n, c, h, w = x.shape
@@ -117,6 +136,47 @@ class _InstanceAffine(torch.autograd.Function):
         return (grad_x, None, *grad_params)
 
 
+def _native_moments(library: Any, x: Tensor) -> tuple[Tensor, Tensor]:
+    """Mean and biased variance of each instance of contiguous ``x`` (N, C, H, W), each (N, C) (C kernel)."""
+    n, c, h, w = x.shape
+    mean, var = x.new_empty(n, c), x.new_empty(n, c)
+    native.call(library, "row_moments", x.dtype, x, mean, var, n * c, h * w)
+    return mean, var
+
+
+def _native_affine(library: Any, x: Tensor, mean: Tensor, scale: Tensor, offset: Tensor) -> Tensor:
+    """``(x - mean) * scale + offset`` per instance (C kernel)."""
+    n, c, h, w = x.shape
+    y = torch.empty_like(x)
+    native.call(library, "row_affine", x.dtype, x, mean, scale.contiguous(), offset.contiguous(), y, n * c, h * w)
+    return y
+
+
+def _native_backward(ctx: Any, grad_y: Tensor) -> tuple[Tensor | None, ...]:
+    """The backward of :class:`_InstanceAffine` with two C row kernels: the per-instance sums of dy and
+    dy * (x - m), then ``dL/dx = dy * scale + (x - m) * P + Q'`` (module docstring, with Q' = Q + P m)."""
+    x, mean = ctx.saved_tensors
+    leaves, scale, offset = ctx.graph
+    n, c, h, w = x.shape
+    count = h * w
+    grad_sum, grad_centred = x.new_empty(n, c), x.new_empty(n, c)
+    native.call(ctx.library, "row_grad_sums", x.dtype, grad_y, x, mean, grad_sum, grad_centred, n * c, count)
+    wanted = [leaf for leaf in leaves if leaf.requires_grad]
+    grads = iter(torch.autograd.grad((scale, offset), wanted, (grad_centred, grad_sum), allow_unused=True,
+                                     retain_graph=True))
+    found = [next(grads) if leaf.requires_grad else None for leaf in leaves]
+    grad_x = None
+    if ctx.needs_input_grad[0]:
+        grad_mean, grad_var = (g if g is not None else torch.zeros_like(mean) for g in found[:2])
+        scale = scale.detach()
+        p = grad_var * (2.0 / count)
+        q = (grad_mean - scale * grad_sum) / count
+        grad_x = torch.empty_like(x)
+        native.call(ctx.library, "row_grad", x.dtype, grad_y, x, mean, scale.contiguous(), p.contiguous(),
+                    q.contiguous(), grad_x, n * c, count)
+    return (grad_x, None, *found[2:])
+
+
 def instance_affine(x: Tensor, head: Head, *params: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """``y = (x - m) * scale + offset`` with ``(scale, offset) = head(m, v, *params)``; returns (y, m, v).
 
@@ -137,6 +197,10 @@ def instance_affine(x: Tensor, head: Head, *params: Tensor) -> tuple[Tensor, Ten
         return x.clone(), empty, empty
     if torch.is_grad_enabled() and (xc.requires_grad or any(p.requires_grad for p in params)):
         y, mean, var = _InstanceAffine.apply(xc, head, *params)
+    elif (library := native.kernels(xc)) is not None:
+        mean, var = _native_moments(library, xc)
+        scale, offset = head(mean, var, *params)
+        y = _native_affine(library, xc, mean, scale, offset)
     else:
         x_hat, mean, rstd = _standardize(xc)
         var = _variance(rstd)

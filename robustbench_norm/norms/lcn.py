@@ -60,6 +60,7 @@ import torch
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
+from robustbench_norm.norms import native
 from robustbench_norm.norms.registry import register_norm
 from robustbench_norm.norms.standard import (
     check_eps,
@@ -303,6 +304,10 @@ class _LocalContextNormFunction(torch.autograd.Function):
         cols: _Axis,
         eps: float,
     ) -> Tensor:
+        ctx.setup = (groups, rows, cols)
+        ctx.library = native.kernels(x, *_affine_or_identity(x, weight, bias))
+        if ctx.library is not None:
+            return _native_forward(ctx, x, weight, bias, eps)
         xv = _grouped(x, groups)
         shift = xv.mean((2, 3, 4), keepdim=True)
         y = torch.empty_like(x)  # returned as is (not a view), so it may be modified in place afterwards
@@ -313,12 +318,13 @@ class _LocalContextNormFunction(torch.autograd.Function):
         if weight is not None:
             torch.addcmul(bias.view(1, groups, -1, 1, 1), xs, weight.view(1, groups, -1, 1, 1), out=xs)
         ctx.save_for_backward(x, weight, shift, stats)
-        ctx.setup = (groups, rows, cols)
         return y
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad_y: Tensor) -> tuple[Tensor | None, ...]:
+        if ctx.library is not None:
+            return _native_backward(ctx, grad_y.contiguous())
         x, weight, shift, stats = ctx.saved_tensors
         groups, rows, cols = ctx.setup
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
@@ -333,6 +339,43 @@ class _LocalContextNormFunction(torch.autograd.Function):
             w5 = None if weight is None else weight.view(1, groups, -1, 1, 1)
             grad_x = _input_grad(grad_y, x_hat, product, w5, stats, rows, cols).view(x.shape)
         return grad_x, grad_w, grad_b, None, None, None, None
+
+
+def _affine_or_identity(x: Tensor, weight: Tensor | None, bias: Tensor | None) -> tuple[Tensor, Tensor]:
+    """(weight, bias), or ones and zeros of x's dtype for a layer without affine parameters."""
+    if weight is not None:
+        return weight, bias
+    return x.new_ones(x.shape[1]), x.new_zeros(x.shape[1])
+
+
+def _native_forward(ctx: Any, x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float) -> Tensor:
+    """The forward pass as one C kernel (``kernels.c``: double summed-area tables per sample and group);
+    keeps the per-pixel mean (minus the group's shift) and 1 / std, (N, G, H, W), and the shift (N, G)."""
+    groups, rows, cols = ctx.setup
+    n, c, h, w = x.shape
+    weight, bias = _affine_or_identity(x, weight, bias)
+    y, mean, rstd = torch.empty_like(x), x.new_empty(n, groups, h, w), x.new_empty(n, groups, h, w)
+    shift = x.new_empty(n, groups)
+    if native.call(ctx.library, "lcn_forward", x.dtype, x, weight, bias, y, mean, rstd, shift, n, c, h, w, groups,
+                   rows.window, cols.window, float(eps)):
+        raise MemoryError("lcn_forward could not allocate its per-map work space")
+    ctx.save_for_backward(x, weight, mean, rstd, shift)
+    return y
+
+
+def _native_backward(ctx: Any, grad_y: Tensor) -> tuple[Tensor | None, ...]:
+    """The backward pass as one C kernel (adjoint window sums from summed-area tables, ``kernels.c``)."""
+    x, weight, mean, rstd, shift = ctx.saved_tensors
+    groups, rows, cols = ctx.setup
+    n, c, h, w = x.shape
+    grad_x = torch.empty_like(x)
+    grad_w, grad_b = (torch.zeros(c, dtype=torch.float64) for _ in range(2))
+    if native.call(ctx.library, "lcn_backward", x.dtype, grad_y, x, weight, mean, rstd, shift, grad_x, grad_w, grad_b,
+                   n, c, h, w, groups, rows.window, cols.window):
+        raise MemoryError("lcn_backward could not allocate its per-map work space")
+    need_x, need_w, need_b = ctx.needs_input_grad[:3]
+    return (grad_x if need_x else None, grad_w.to(x.dtype) if need_w else None,
+            grad_b.to(x.dtype) if need_b else None, None, None, None, None)
 
 
 def _window_arg(window_size: int | tuple[int, int] | list[int]) -> tuple[int, int]:

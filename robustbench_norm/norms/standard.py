@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
+from robustbench_norm.norms import native
 from robustbench_norm.norms.registry import register_norm
 
 _TORCH_BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
@@ -317,13 +318,24 @@ class _PositionalNormFunction(torch.autograd.Function):
     Forward: mu = mean_c x, x_hat = (x - mu) * rstd with rstd = 1 / sqrt(mean_c (x - mu)^2 + eps) (two
     passes, so an offset of the input does not cancel), then the per-channel affine. Backward, with
     g = dL/dy * gamma: dL/dx = rstd * (g - mean_c g - x_hat * mean_c(g * x_hat)), dL/dgamma = sum dL/dy * x_hat,
-    dL/dbeta = sum dL/dy (sums over N, H, W). The per-channel steps (affine; g, dL/dgamma, dL/dbeta) run as
-    BatchNorm's fused eval-mode kernels with mean 0, variance 1 and eps 1e-30 (no effect). x_hat and rstd are
-    kept for the backward pass.
+    dL/dbeta = sum dL/dy (sums over N, H, W).
+
+    On the CPU (contiguous float32 / float64) both directions are one fused C loop each
+    (:mod:`robustbench_norm.norms.native`, ``kernels.c``), which keeps mu and rstd for the backward pass.
+    Elsewhere they are ATen ops: the per-channel steps (affine; g, dL/dgamma, dL/dbeta) run as BatchNorm's
+    fused eval-mode kernels with mean 0, variance 1 and eps 1e-30 (no effect), and x_hat and rstd are kept.
     """
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float) -> torch.Tensor:
+        ctx.library = native.kernels(x, weight, bias)
+        if ctx.library is not None:
+            n, c, positions = x.shape[0], x.shape[1], x.shape[2] * x.shape[3]
+            y, mean, rstd = torch.empty_like(x), x.new_empty(n, positions), x.new_empty(n, positions)
+            native.call(ctx.library, "positional_norm_forward", x.dtype, x, weight, bias, y, mean, rstd,
+                        n, c, positions, float(eps))
+            ctx.save_for_backward(x, mean, rstd, weight)
+            return y
         x_hat = x - x.mean(1, keepdim=True)
         rstd = torch.linalg.vecdot(x_hat, x_hat, dim=1).unsqueeze_(1).div_(x.shape[1]).add_(eps).rsqrt_()
         x_hat.mul_(rstd)
@@ -334,6 +346,8 @@ class _PositionalNormFunction(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad_y: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        if ctx.library is not None:
+            return (*_positional_norm_native_backward(ctx.library, grad_y.contiguous(), *ctx.saved_tensors), None)
         x_hat, rstd, weight = ctx.saved_tensors
         zeros, ones = _identity_statistics(weight)
         g, grad_weight, grad_bias = torch.ops.aten.native_batch_norm_backward(
@@ -342,6 +356,18 @@ class _PositionalNormFunction(torch.autograd.Function):
         projection = torch.linalg.vecdot(g, x_hat, dim=1).unsqueeze_(1).div_(x_hat.shape[1])
         g.sub_(g.mean(1, keepdim=True)).addcmul_(x_hat, projection, value=-1.0).mul_(rstd)
         return g, grad_weight, grad_bias, None
+
+
+def _positional_norm_native_backward(
+    library: Any, grad_y: torch.Tensor, x: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor, weight: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dL/dx, dL/dgamma, dL/dbeta) from the fused C backward (dL/dgamma and dL/dbeta summed in float64)."""
+    grad_x = torch.empty_like(x)
+    grad_weight, grad_bias = (torch.zeros(x.shape[1], dtype=torch.float64) for _ in range(2))
+    if native.call(library, "positional_norm_backward", x.dtype, grad_y, x, weight, mean, rstd, grad_x,
+                   grad_weight, grad_bias, x.shape[0], x.shape[1], x.shape[2] * x.shape[3]):
+        raise MemoryError("positional_norm_backward could not allocate its per-channel accumulators")
+    return grad_x, grad_weight.to(weight.dtype), grad_bias.to(weight.dtype)
 
 
 # BatchNorm's CUDA kernels refuse eps = 0; 1 + 1e-30 rounds to exactly 1 in every floating dtype.
