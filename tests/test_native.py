@@ -26,6 +26,8 @@ LAYERS = [
     ("ilm_ln", {}),
     ("switchnorm", {}),
     ("localnorm", {}),
+    ("mixturenorm", {}),
+    ("mixturenorm", {"num_components": 1}),
 ]
 
 
@@ -81,9 +83,10 @@ def test_float32_kernels_are_as_accurate_as_the_aten_path(name, kwargs, offset_i
         assert error <= max(2 * reference_error, 1e-6 * truth.abs().max().item())
 
 
-@pytest.mark.parametrize("name, kwargs", [("positionalnorm", {}), ("lcn", {"window_size": 3}), ("ilm_gn", {})])
+@pytest.mark.parametrize("name, kwargs", [("positionalnorm", {}), ("lcn", {"window_size": 3}), ("ilm_gn", {}),
+                                          ("mixturenorm", {})])
 def test_kernels_pass_gradcheck(name, kwargs, native_kernels):
-    layer = build_norm(name, 16, **kwargs).double()
+    layer = build_norm(name, 16, **kwargs).double().eval()  # eval: Mixture Norm's EM fit is stop-gradient
     x = torch.randn(2, 16, 5, 4, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(layer, (x,))
 

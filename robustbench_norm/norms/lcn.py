@@ -28,7 +28,10 @@ difference of prefix sums whose index saturates at the border (all border output
 see :func:`_adjoint_sums`. Every step is one whole-tensor op over the batch (no loop over rows, samples or
 chunks), so a forward + backward issues a fixed number of ATen ops for a given window, whatever N, H and W
 (about 160 for g = 2 and a 7 x 7 window, 62 of them kernels, the rest views; GroupNorm issues 6). Nothing is
-kept between calls.
+kept between calls. That is the GPU's path. On the CPU (contiguous float32 / float64) forward and backward
+are one C kernel each instead (``kernels.c``, :mod:`robustbench_norm.norms.native`): the same formulas with
+the window sums from double-precision summed-area tables per sample and group, so no rounding grows with the
+map (the numerics below then hold with room to spare).
 
 Numerics. A single-pass variance from float32 window sums cancels catastrophically: the running sums grow
 with the map, and with an offset of +100 the authors' float32 code gets the variance of small windows

@@ -39,9 +39,12 @@ An empty batch gives an empty output and leaves the running estimates untouched;
 are not finite (NaN or inf input) leaves the affected running entries untouched.
 
 Shapes: input and output ``(N, C, H, W)``; ``weight``, ``bias``: ``(C,)``; mixture parameters and running
-buffers: ``(C, K)``. Cost: O(NCHW * K) time and memory for the normalisation (a custom autograd function
-over K separate (N, C, H, W) posteriors, with a written-out backward: about 20 K passes over the batch
-forward and 20 K backward), plus O(C * EM_MAX_VALUES * K * em_iterations) for EM.
+buffers: ``(C, K)``. Cost: O(NCHW * K) time for the normalisation, plus O(C * EM_MAX_VALUES * K *
+em_iterations) for EM. On the CPU (contiguous float32 / float64) EM, forward and backward are one C kernel
+each (``kernels.c``, :mod:`robustbench_norm.norms.native`): per channel, in chunks that stay in the cache,
+with the posteriors recomputed for each pass (three forward, two backward) instead of stored, so the extra
+memory is O(K) per chunk. Elsewhere (GPU) a custom autograd function over K separate (N, C, H, W) posteriors
+with a written-out backward: about 20 K passes over the batch forward and 20 K backward.
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ import torch
 from torch import nn
 from torch.autograd.function import once_differentiable
 
+from robustbench_norm.norms import native
 from robustbench_norm.norms.registry import register_norm
 from robustbench_norm.norms.standard import (
     check_eps,
@@ -125,9 +129,12 @@ def weighted_moments(x: torch.Tensor, tau: torch.Tensor) -> tuple[torch.Tensor, 
 def em_sample(x: torch.Tensor, max_values: int = EM_MAX_VALUES) -> torch.Tensor:
     """At most ``max_values`` evenly strided values of each channel of ``x`` (N, C, H, W), laid out as
     (1, C, 1, M) so that EM's reductions over the values run along the contiguous last axis."""
-    per_channel = x.transpose(0, 1).reshape(x.shape[1], -1)
-    stride = max(1, -(-per_channel.shape[1] // max_values))
-    return per_channel[:, ::stride].contiguous()[None, :, None, :]
+    n, c = x.shape[:2]
+    maps = x.reshape(n, c, -1)
+    stride = max(1, -(-(n * maps.shape[2]) // max_values))
+    if maps.shape[2] % stride == 0:  # the same values, without copying the whole batch first
+        return maps[:, :, ::stride].transpose(0, 1).reshape(c, -1).contiguous()[None, :, None, :]
+    return maps.transpose(0, 1).reshape(c, -1)[:, ::stride].contiguous()[None, :, None, :]
 
 
 @torch.no_grad()
@@ -141,6 +148,12 @@ def fit_mixture(x: torch.Tensor, num_components: int, iterations: int, var_floor
     x = em_sample(x)
     mixture = initial_mixture(x, num_components, var_floor)
     count = x.numel() // x.shape[1]
+    library = native.kernels(x, *mixture)
+    if library is not None:  # the same iterations as one C kernel (kernels.c), updating the mixture in place
+        if native.call(library, "mixture_em", x.dtype, x, x.shape[1], count, num_components, iterations,
+                       float(var_floor), MIN_PRIOR, torch.finfo(x.dtype).tiny, *mixture):
+            raise MemoryError("mixture_em could not allocate its scratch buffers")
+        return mixture
     for _ in range(iterations):
         mass, mean, var = weighted_moments(x, posteriors(x, mixture))
         mixture = GaussianMixture((mass / count).clamp_min(MIN_PRIOR), mean, var.clamp_min(var_floor))
@@ -210,6 +223,16 @@ class _MixtureNormFunction(torch.autograd.Function):
         moments: tuple[torch.Tensor, torch.Tensor] | None,
         eps: float,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        ctx.library = native.kernels(x, weight, bias, *mixture, *(moments or ()))
+        if ctx.library is None and x.device.type == "cpu":  # EM's (C, K) results are transposed views
+            mixture = GaussianMixture(*(t.contiguous() for t in mixture))
+            ctx.library = native.kernels(x, weight, bias, *mixture, *(moments or ()))
+        if ctx.library is not None:
+            y, mass, mean, var = _native_forward(ctx.library, x, weight, bias, mixture, moments, eps)
+            ctx.save_for_backward(x, weight)
+            ctx.constants = (mixture, mass, mean, var, None, eps)
+            ctx.mark_non_differentiable(mean, var)
+            return y, mean, var
         scratch = torch.empty_like(x)
         tau = _component_posteriors(x, mixture, scratch)
         mass, mean, var = _component_moments(x, tau, scratch) if moments is None else (None, *moments)
@@ -230,6 +253,8 @@ class _MixtureNormFunction(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad_y: torch.Tensor, _mean: torch.Tensor, _var: torch.Tensor) -> tuple:
+        if ctx.library is not None:
+            return (*_native_backward(ctx, grad_y.contiguous()), None, None, None)
         x, weight, x_hat, *tau = ctx.saved_tensors
         mixture, mass, mean, var, scale, eps = ctx.constants
         grad_y = grad_y.contiguous()
@@ -240,6 +265,44 @@ class _MixtureNormFunction(torch.autograd.Function):
             g = grad_y * _channel_map(weight)
             grad_x = _input_grad(x, g, tau, mixture, mass, mean, var, scale, eps)
         return grad_x, grad_weight, grad_bias, None, None, None
+
+
+def _native_forward(
+    library: Any,
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    mixture: GaussianMixture,
+    moments: tuple[torch.Tensor, torch.Tensor] | None,
+    eps: float,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]:
+    """(y, posterior masses (training) or None, m, s) from the C kernel (``kernels.c``, same formulas)."""
+    n, c, h, w = x.shape
+    components = mixture.mean.shape[1]
+    y = torch.empty_like(x)
+    if moments is None:
+        mean, var, mass = (x.new_empty(c, components) for _ in range(3))
+    else:
+        (mean, var), mass = moments, x.new_empty(c, components)
+    if native.call(library, "mixture_forward", x.dtype, x, weight, bias, *mixture, mean, var, mass,
+                   int(moments is None), y, n, c, h * w, components, float(eps), torch.finfo(x.dtype).tiny):
+        raise MemoryError("mixture_forward could not allocate its per-channel posteriors")
+    return y, mass if moments is None else None, mean, var
+
+
+def _native_backward(ctx: Any, grad_y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dL/dx, dL/dweight, dL/dbias) from the C kernel (the formulas of :func:`_input_grad`)."""
+    x, weight = ctx.saved_tensors
+    mixture, mass, mean, var, _, eps = ctx.constants
+    n, c, h, w = x.shape
+    grad_x = torch.empty_like(x)
+    grad_weight, grad_bias = (torch.zeros(c, dtype=torch.float64) for _ in range(2))
+    training = mass is not None
+    if native.call(ctx.library, "mixture_backward", x.dtype, grad_y, x, weight, *mixture, mean, var,
+                   mass if training else mean, int(training), grad_x, grad_weight, grad_bias, n, c, h * w,
+                   mixture.mean.shape[1], float(eps)):
+        raise MemoryError("mixture_backward could not allocate its per-channel posteriors")
+    return grad_x, grad_weight.to(x.dtype), grad_bias.to(x.dtype)
 
 
 def mixture_normalize(
