@@ -224,9 +224,6 @@ class _MixtureNormFunction(torch.autograd.Function):
         eps: float,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         ctx.library = native.kernels(x, weight, bias, *mixture, *(moments or ()))
-        if ctx.library is None and x.device.type == "cpu":  # EM's (C, K) results are transposed views
-            mixture = GaussianMixture(*(t.contiguous() for t in mixture))
-            ctx.library = native.kernels(x, weight, bias, *mixture, *(moments or ()))
         if ctx.library is not None:
             y, mass, mean, var = _native_forward(ctx.library, x, weight, bias, mixture, moments, eps)
             ctx.save_for_backward(x, weight)
