@@ -96,7 +96,8 @@ def test_matches_loop_reference_small_map(window, mode):
     torch.testing.assert_close(layer(x), expected, rtol=0, atol=1e-9)
 
 
-@pytest.mark.parametrize("window, channels_per_group", [((5, 7), 2), ((3, 3), 1), ((8, 4), 4), ((17, 2), 2)])
+@pytest.mark.parametrize("window, channels_per_group",
+                         [((5, 7), 2), ((3, 3), 1), ((8, 4), 4), ((17, 2), 2), ((9, 11), 2), ((12, 20), 1)])
 def test_matches_loop_reference_17x23_map(window, channels_per_group):
     x = _randn(1, 4, 17, 23, seed=2)
     layer = _randomized(LocalContextNorm(4, channels_per_group=channels_per_group, window_size=window).double())
@@ -114,12 +115,14 @@ def test_gradcheck_float64(window):
     )
 
 
-def test_gradient_of_loop_definition_through_every_window_position():
-    """Backward against autograd through the loop definition, on a map with border and interior windows."""
-    x = _randn(1, 2, 7, 8, seed=3).requires_grad_(True)
-    layer = _randomized(LocalContextNorm(2, channels_per_group=2, window_size=(3, 4)).double())
-    grad = _randn(1, 2, 7, 8, seed=4)
-    (expected,) = torch.autograd.grad(_torch_loop_lcn(x, 2, (3, 4), 1e-5, layer.weight, layer.bias), x, grad)
+@pytest.mark.parametrize("shape, window", [((7, 8), (3, 4)), ((13, 14), (9, 11)), ((13, 14), (10, 2))])
+def test_gradient_of_loop_definition_through_every_window_position(shape, window):
+    """Backward against autograd through the loop definition, on maps with border and interior windows
+    (windows of more than 8 pixels along an axis take running sums in the C kernels)."""
+    x = _randn(1, 2, *shape, seed=3).requires_grad_(True)
+    layer = _randomized(LocalContextNorm(2, channels_per_group=2, window_size=window).double())
+    grad = _randn(1, 2, *shape, seed=4)
+    (expected,) = torch.autograd.grad(_torch_loop_lcn(x, 2, window, 1e-5, layer.weight, layer.bias), x, grad)
     (actual,) = torch.autograd.grad(layer(x), x, grad)
     torch.testing.assert_close(actual, expected, rtol=0, atol=1e-9)
 

@@ -184,212 +184,320 @@ DEFINE_ROW_KERNELS(float, f32)
 DEFINE_ROW_KERNELS(double, f64)
 
 /* Local Context Normalization (robustbench_norm/norms/lcn.py) over x (N, C, H, W), contiguous, in G groups of
- * g = C / G channels, with the clamped P x Q window of lcn.py (start = clamp(i - (P - 1) / 2, 0, H - P)).
+ * g = C / G channels, with the clamped P x Q window of lcn.py: the window of pixel r starts at
+ * clamp(r - bp, 0, H - P), bp = (P - 1) / 2, so the pixels of an axis share its L = H - P + 1 distinct windows.
+ * The statistics are kept per window row: mean and rstd have shape (N, G, L_r, W), entry (s, j) that of the
+ * window of column j in window row s (the border columns repeat the edge windows).
  *
- * Forward, per sample and group: shift the group's values by their mean c0 (rounded to the input dtype, so
- * x - c0 is exact for values near it), form the per-pixel channel sums of x - c0 and (x - c0)^2 in double,
- * their summed-area tables (as the paper proposes) and, per pixel, mu' = S1 / m and
- * var = max(S2 / m - mu'^2, 0) in double (m = g P Q); keep mu' (the mean minus c0), 1 / sqrt(var + eps)
- * and c0 for the backward pass; y = (x - c0 - mu') * rstd * w + b.
+ * Forward, per sample and group, in the input dtype (as the ATen path): shift the group's values by their
+ * mean c0 (a shift only: it is kept and used as it is, so its rounding does not matter); form the per-pixel
+ * channel sums s1 of x - c0 and s2 of (x - c0)^2; sum them over the windows: down the rows by a running sum
+ * for P > 8, directly for shorter windows (no rounding carries from row to row, where few values per window
+ * can leave the variance a small fraction of their mean square); along the rows directly, in blocks of 8
+ * for longer windows. Per window,
+ * mu' = S1 / m (the mean minus c0) and rstd = 1 / sqrt(max(S2 / m - mu'^2, 0) + eps), m = g P Q; a 1 x 1
+ * window takes its variance directly as sum_c (x_c - c0 - mu')^2 / g. Every pixel takes the statistics of its
+ * window: y = (x - c0 - mu') * rstd * w + b.
  *
  * Backward: per pixel i, a_i = rstd_i / m * sum_group g_hat and b_i = rstd_i^2 / m * sum_group g_hat * x_hat
- * (g_hat = dy * w); their adjoint window sums (each pixel collects the outputs whose windows contain it, an
- * interval of outputs along each axis, again from summed-area tables) give
- *   dx_k = g_hat_k * rstd_k - adj(a - b * mu')_k - (x_k - c0) * adj(b)_k.
- * dw and db are summed in double.
- *
- * Summed-area tables are built column prefix first (vectorised across columns) and then row prefix with the
- * rows in the inner loop (independent chains), so no long serial chain of additions limits them. Both
+ * (g_hat = dy * w). Pixel k needs the adjoint window sums, over the outputs whose windows contain k: the
+ * outputs that share a window are first added into it (L_r x L_c sums); then pixel k adds the windows that
+ * start at most Q - 1 columns (P - 1 rows) before it: the same window sums over the windows padded with
+ * zeros, then a running sum down the rows. Then
+ *   dx_k = g_hat_k * rstd_k - adj(a - b * mu')_k - (x_k - c0) * adj(b)_k,
+ * and dw, db are summed in double. Every pass is one loop over the map or over a row (vectorised). Both
  * functions return 1 when they cannot allocate their per-map work space, 0 otherwise. */
-static long window_start(long i, long size, long window) {
-    long start = i - (window - 1) / 2;
-    return start < 0 ? 0 : start > size - window ? size - window : start;
-}
 
-/* The outputs [lo, hi) whose clamped windows contain pixel q. */
-static void adjoint_range(long q, long size, long window, long *lo, long *hi) {
-    long before = (window - 1) / 2;
-    *lo = q - window + 1 <= 0 ? 0 : q - window + 1 + before;
-    *hi = (q >= size - window ? size - 1 : q + before) + 1;
-}
+/* One case of direct_sums: K terms, to be stored (add = 0) or added (add = 1). */
+#define DIRECT_SUMS_CASE(T, K)                                                                                 \
+    case K:                                                                                                    \
+        if (add)                                                                                               \
+            for (long j = 0; j < count; ++j) {                                                                 \
+                T sum = out[j];                                                                                \
+                for (long t = 0; t < K; ++t) sum += m[j + t * stride];                                         \
+                out[j] = sum;                                                                                  \
+            }                                                                                                  \
+        else                                                                                                   \
+            for (long j = 0; j < count; ++j) {                                                                 \
+                T sum = m[j];                                                                                  \
+                for (long t = 1; t < K; ++t) sum += m[j + t * stride];                                         \
+                out[j] = sum;                                                                                  \
+            }                                                                                                  \
+        break;
 
-/* Summed-area tables of two maps at once: v holds (h, w) pairs (the two maps interleaved), t gets (h + 1, w + 1)
- * pairs, t[r][j] = sum of v over rows < r and cols < j, for each map. */
-static void summed_area2(const double *v, double *t, long h, long w) {
-    long s = 2 * (w + 1);
-    for (long j = 0; j < s; ++j) t[j] = 0;
-    for (long r = 0; r < h; ++r) {
-        double *out = t + (r + 1) * s;
-        const double *above = t + r * s, *in = v + r * 2 * w;
-        out[0] = out[1] = 0;
-        for (long j = 0; j < 2 * w; ++j) out[j + 2] = above[j + 2] + in[j];
+#define DEFINE_WINDOW_SUMS(T, SUFFIX)                                                                          \
+    /* out[j] (= or += as add says) = sum_{t < K} m[j + t * stride] for j < count, K = 1 .. 8: one pass, the   \
+     * terms added in registers (K is a constant in each case, so the loop over j is vectorised). */           \
+    static void direct_sums_##SUFFIX(const T *m, long count, long K, long stride, int add, T *out) {           \
+        switch (K) {                                                                                           \
+            DIRECT_SUMS_CASE(T, 1) DIRECT_SUMS_CASE(T, 2) DIRECT_SUMS_CASE(T, 3) DIRECT_SUMS_CASE(T, 4)        \
+            DIRECT_SUMS_CASE(T, 5) DIRECT_SUMS_CASE(T, 6) DIRECT_SUMS_CASE(T, 7) DIRECT_SUMS_CASE(T, 8)        \
+        }                                                                                                      \
+    }                                                                                                          \
+                                                                                                               \
+    /* out[j] = sum_{t < Q} m[j + t * stride] for j < total - (Q - 1) * stride. With rows of stride values stored \
+     * one after the other, stride = 1 sums along the rows and stride = the row length down the columns; out   \
+     * is exact to rounding wherever the window stays inside the map (elsewhere it holds sums across rows or   \
+     * maps, which the caller ignores). Q = 8 a + r: the last r terms are added directly, the first 8 a as a   \
+     * sums of blocks of 8 (formed in one pass), recursively, so an output adds about 8 log8 Q terms in        \
+     * ceil(log8 Q) + 1 passes, each one loop over all of m. m is read only; spare holds 2 * total values. */  \
+    static void window_sums_##SUFFIX(const T *m, long total, long Q, long stride, T *spare, T *out) {          \
+        long count = total - (Q - 1) * stride;                                                                 \
+        int add = 0;                                                                                           \
+        for (int turn = 0;; turn ^= 1) {                                                                       \
+            long blocks = Q > 8 ? Q / 8 : 0, rest = Q - 8 * blocks;                                            \
+            if (rest) {                                                                                        \
+                direct_sums_##SUFFIX(m + 8 * blocks * stride, count, rest, stride, add, out);                  \
+                add = 1;                                                                                       \
+            }                                                                                                  \
+            if (!blocks) return;                                                                               \
+            T *sums = spare + turn * total;                                                                    \
+            direct_sums_##SUFFIX(m, total - 7 * stride, 8, stride, 0, sums);                                   \
+            m = sums;                                                                                          \
+            total -= 7 * stride;                                                                               \
+            Q = blocks;                                                                                        \
+            stride *= 8;                                                                                       \
+        }                                                                                                      \
+    }                                                                                                          \
+                                                                                                               \
+    /* out[r * wd + j] = sum_{t < Q} v[r * wd + j + t] for j < wd - Q + 1 and r < rows: running sums along the \
+     * rows, eight rows at a time (independent chains, so the adds overlap). */                                \
+    static void row_running_sums_##SUFFIX(const T *v, long rows, long wd, long Q, T *out) {                    \
+        long lc = wd - Q + 1;                                                                                  \
+        for (long r0 = 0; r0 < rows; r0 += 8) {                                                                \
+            long nr = rows - r0 < 8 ? rows - r0 : 8;                                                           \
+            T acc[8] = {0};                                                                                    \
+            for (long i = 0; i < nr; ++i) {                                                                    \
+                const T *row = v + (r0 + i) * wd;                                                              \
+                T sum = 0;                                                                                     \
+                for (long t = 0; t < Q; ++t) sum += row[t];                                                    \
+                acc[i] = sum;                                                                                  \
+                out[(r0 + i) * wd] = sum;                                                                      \
+            }                                                                                                  \
+            if (nr == 8)                                                                                       \
+                for (long j = 1; j < lc; ++j)                                                                  \
+                    for (long i = 0; i < 8; ++i) {                                                             \
+                        const T *row = v + (r0 + i) * wd;                                                      \
+                        acc[i] += row[j + Q - 1] - row[j - 1];                                                 \
+                        out[(r0 + i) * wd + j] = acc[i];                                                       \
+                    }                                                                                          \
+            else                                                                                               \
+                for (long j = 1; j < lc; ++j)                                                                  \
+                    for (long i = 0; i < nr; ++i) {                                                            \
+                        const T *row = v + (r0 + i) * wd;                                                      \
+                        acc[i] += row[j + Q - 1] - row[j - 1];                                                 \
+                        out[(r0 + i) * wd + j] = acc[i];                                                       \
+                    }                                                                                          \
+        }                                                                                                      \
+    }                                                                                                          \
+                                                                                                               \
+    /* out[r] = sum of the rows in[s] that exist (0 <= s < rows) with s in [r + first - P + 1, r + first], for \
+     * r in [0, count): a running sum down rows of width values (in: row stride stride; out: contiguous),      \
+     * vectorised across the columns. first = P - 1, count = rows - P + 1: the windows inside the rows         \
+     * (forward); first = 0, count = rows + P - 1: the zero-padded ones (adjoint). */                          \
+    static void running_rows_##SUFFIX(const T *in, long stride, long rows, long width, long P, long first,     \
+                                      long count, T *out) {                                                    \
+        for (long j = 0; j < width; ++j) out[j] = 0;                                                           \
+        for (long s = first - P + 1 < 0 ? 0 : first - P + 1; s <= first && s < rows; ++s)                      \
+            for (long j = 0; j < width; ++j) out[j] += in[s * stride + j];                                     \
+        for (long r = 1; r < count; ++r) {                                                                     \
+            long top = r + first;                                                                              \
+            const T *prev = out + (r - 1) * width, *add = in + top * stride, *sub = in + (top - P) * stride;   \
+            T *o = out + r * width;                                                                            \
+            if (top < rows && top >= P)                                                                        \
+                for (long j = 0; j < width; ++j) o[j] = prev[j] + add[j] - sub[j];                             \
+            else if (top < rows)                                                                               \
+                for (long j = 0; j < width; ++j) o[j] = prev[j] + add[j];                                      \
+            else if (top >= P)                                                                                 \
+                for (long j = 0; j < width; ++j) o[j] = prev[j] - sub[j];                                      \
+            else                                                                                               \
+                memcpy(o, prev, sizeof(T) * (size_t)width);                                                    \
+        }                                                                                                      \
+    }                                                                                                          \
+                                                                                                               \
+    /* Adds every pixel of v (h x wd) into the window its clamped window starts at (the rows before the first  \
+     * window fold into window row 0, those after the last into row L_r - 1; likewise the columns) and writes  \
+     * window row s to out[s * pw + Q - 1 ...], pw = wd + Q - 1: between Q - 1 zeros on each side, which the   \
+     * caller set, the padded row whose window sums are the adjoint sums of the row. bands: 2 wd values of     \
+     * scratch (the folded first and last window rows). */                                                     \
+    static void fold_map_##SUFFIX(const T *v, long h, long wd, long P, long Q, T *bands, T *out) {             \
+        long lr = h - P + 1, lc = wd - Q + 1, bp = (P - 1) / 2, bq = (Q - 1) / 2, pw = wd + Q - 1;             \
+        T *top = bands, *bottom = bands + wd;                                                                  \
+        memcpy(top, v, sizeof(T) * (size_t)wd);                                                                \
+        for (long r = 1; r < (lr == 1 ? h : bp + 1); ++r)                                                      \
+            for (long j = 0; j < wd; ++j) top[j] += v[r * wd + j];                                             \
+        if (lr > 1) {                                                                                          \
+            memcpy(bottom, v + (bp + lr - 1) * wd, sizeof(T) * (size_t)wd);                                    \
+            for (long r = bp + lr; r < h; ++r)                                                                 \
+                for (long j = 0; j < wd; ++j) bottom[j] += v[r * wd + j];                                      \
+        }                                                                                                      \
+        for (long s = 0; s < lr; ++s) {                                                                        \
+            const T *row = s == 0 ? top : s == lr - 1 ? bottom : v + (s + bp) * wd;                            \
+            T *o = out + s * pw + Q - 1, left = 0, right = 0;                                                  \
+            memcpy(o, row + bq, sizeof(T) * (size_t)lc);                                                       \
+            for (long j = 0; j < bq; ++j) left += row[j];                                                      \
+            for (long j = bq + lc; j < wd; ++j) right += row[j];                                               \
+            o[0] += left;                                                                                      \
+            o[lc - 1] += right;                                                                                \
+        }                                                                                                      \
+    }                                                                                                          \
+                                                                                                               \
+    /* The per-pixel rows (h x wd) of the per-window-row statistics stats (L_r x wd): rows [bp, bp + L_r) are  \
+     * stats itself, the rows above repeat its first row and those below its last. */                          \
+    static void spread_rows_##SUFFIX(const T *stats, long h, long wd, long P, T *out) {                        \
+        long lr = h - P + 1, bp = (P - 1) / 2;                                                                 \
+        for (long r = 0; r < bp; ++r) memcpy(out + r * wd, stats, sizeof(T) * (size_t)wd);                     \
+        memcpy(out + bp * wd, stats, sizeof(T) * (size_t)(lr * wd));                                           \
+        for (long r = bp + lr; r < h; ++r) memcpy(out + r * wd, stats + (lr - 1) * wd, sizeof(T) * (size_t)wd); \
+    }                                                                                                          \
+                                                                                                               \
+    /* Mean of count values, summed in 32 lanes of T. */                                                       \
+    static T group_mean_##SUFFIX(const T *x, long count) {                                                     \
+        T lanes[32] = {0}, total = 0;                                                                          \
+        long full = count - count % 32;                                                                        \
+        for (long p = 0; p < full; p += 32)                                                                    \
+            for (long l = 0; l < 32; ++l) lanes[l] += x[p + l];                                                \
+        for (long p = full; p < count; ++p) total += x[p];                                                     \
+        for (long l = 0; l < 32; ++l) total += lanes[l];                                                       \
+        return total / (T)count;                                                                               \
     }
-    for (long j = 1; j < w; ++j)
-        for (long r = 1; r <= h; ++r) {
-            t[r * s + 2 * j + 2] += t[r * s + 2 * j];
-            t[r * s + 2 * j + 3] += t[r * s + 2 * j + 1];
-        }
-}
 
-/* The run [*first, *last) of columns around the middle along which lo[j] - j and hi[j] - j stay constant (the
- * windows that slide with the pixel); *shift_lo and *shift_hi get those constants. */
-static void sliding_run(const long *lo, const long *hi, long w, long *first, long *last, long *shift_lo,
-                        long *shift_hi) {
-    long mid = w / 2, a = mid, b = mid + 1;
-    *shift_lo = lo[mid] - mid;
-    *shift_hi = hi[mid] - mid;
-    while (a > 0 && lo[a - 1] - (a - 1) == *shift_lo && hi[a - 1] - (a - 1) == *shift_hi) --a;
-    while (b < w && lo[b] - b == *shift_lo && hi[b] - b == *shift_hi) ++b;
-    *first = a;
-    *last = b;
-}
-
-/* Column windows of one row band of the two maps behind the paired table t (width w): out1[j], out2[j] = sums
- * over rows [r0, r1) and cols [lo[j], hi[j]); run = (first, last, shift_lo, shift_hi) from sliding_run, whose
- * columns take contiguous (vectorised) differences. row is scratch of 2 (w + 1) doubles. */
-static void box_row2(const double *t, long w, long r0, long r1, const long *lo, const long *hi, const long *run,
-                     double *row, double *out1, double *out2) {
-    const double *top = t + r0 * 2 * (w + 1), *bottom = t + r1 * 2 * (w + 1);
-    double *row1 = row, *row2 = row + w + 1;
-    for (long j = 0; j <= w; ++j) {
-        row1[j] = bottom[2 * j] - top[2 * j];
-        row2[j] = bottom[2 * j + 1] - top[2 * j + 1];
-    }
-    long first = run[0], last = run[1], dl = run[2], dh = run[3];
-    for (long j = 0; j < first; ++j) {
-        out1[j] = row1[hi[j]] - row1[lo[j]];
-        out2[j] = row2[hi[j]] - row2[lo[j]];
-    }
-    for (long j = first; j < last; ++j) {
-        out1[j] = row1[j + dh] - row1[j + dl];
-        out2[j] = row2[j + dh] - row2[j + dl];
-    }
-    for (long j = last; j < w; ++j) {
-        out1[j] = row1[hi[j]] - row1[lo[j]];
-        out2[j] = row2[hi[j]] - row2[lo[j]];
-    }
-}
+DEFINE_WINDOW_SUMS(float, f32)
+DEFINE_WINDOW_SUMS(double, f64)
 
 #define DEFINE_LCN(T, SUFFIX, SQRT)                                                                            \
+    /* The per-window mean (minus c0) and rstd of one sample and group into cm, cr (L_r x wd, border columns   \
+     * repeated), from the shifted values of its g channels at xg. work: 10 h wd values of scratch. */         \
+    static void window_statistics_##SUFFIX(const T *xg, T c0, long g, long h, long wd, long P, long Q, double eps, \
+                                           T *work, T *cm, T *cr) {                                            \
+        long hw = h * wd, lr = h - P + 1, lc = wd - Q + 1, bq = (Q - 1) / 2;                                   \
+        T inverse_m = (T)(1.0 / (double)(g * P * Q));                                                          \
+        T *s = work, *v = s + 2 * hw, *spare = v + 2 * hw, *u = spare + 4 * hw;                                \
+        for (long p = 0; p < hw; ++p) {                                                                        \
+            T d = xg[p] - c0;                                                                                  \
+            s[p] = d;                                                                                          \
+            s[hw + p] = d * d;                                                                                 \
+        }                                                                                                      \
+        for (long ch = 1; ch < g; ++ch)                                                                        \
+            for (long p = 0; p < hw; ++p) {                                                                    \
+                T d = xg[ch * hw + p] - c0;                                                                    \
+                s[p] += d;                                                                                     \
+                s[hw + p] += d * d;                                                                            \
+            }                                                                                                  \
+        if (P * Q == 1) {                                                                                      \
+            for (long p = 0; p < hw; ++p) {                                                                    \
+                T m1 = s[p] * inverse_m, var = 0;                                                              \
+                for (long ch = 0; ch < g; ++ch) {                                                              \
+                    T e = xg[ch * hw + p] - c0 - m1;                                                           \
+                    var += e * e;                                                                              \
+                }                                                                                              \
+                cm[p] = m1;                                                                                    \
+                cr[p] = (T)1 / SQRT(var * inverse_m + (T)eps);                                                 \
+            }                                                                                                  \
+            return;                                                                                            \
+        }                                                                                                      \
+        if (P > 8) {                                                                                           \
+            running_rows_##SUFFIX(s, wd, h, wd, P, P - 1, lr, v);                                              \
+            running_rows_##SUFFIX(s + hw, wd, h, wd, P, P - 1, lr, v + hw);                                    \
+        } else {                                                                                               \
+            window_sums_##SUFFIX(s, 2 * hw, P, wd, spare, v);                                                  \
+        }                                                                                                      \
+        if (Q > 8)                                                                                             \
+            row_running_sums_##SUFFIX(v, lr, wd, Q, u), row_running_sums_##SUFFIX(v + hw, lr, wd, Q, u + hw);  \
+        else                                                                                                   \
+            window_sums_##SUFFIX(v, 2 * hw, Q, 1, spare, u);                                                   \
+        /* window (r, j) lands in column bq + j; the columns past the last window get values across rows,      \
+         * which the border columns then overwrite */                                                          \
+        for (long p = 0; p < lr * wd - bq; ++p) {                                                              \
+            T m1 = u[p] * inverse_m, var = u[hw + p] * inverse_m - m1 * m1;                                    \
+            cm[bq + p] = m1;                                                                                   \
+            cr[bq + p] = (T)1 / SQRT((var > 0 ? var : 0) + (T)eps);                                            \
+        }                                                                                                      \
+        for (long r = 0; r < lr; ++r) {                                                                        \
+            T *mr = cm + r * wd, *rr = cr + r * wd;                                                            \
+            for (long j = 0; j < bq; ++j) {                                                                    \
+                mr[j] = mr[bq];                                                                                \
+                rr[j] = rr[bq];                                                                                \
+            }                                                                                                  \
+            for (long j = bq + lc; j < wd; ++j) {                                                              \
+                mr[j] = mr[bq + lc - 1];                                                                       \
+                rr[j] = rr[bq + lc - 1];                                                                       \
+            }                                                                                                  \
+        }                                                                                                      \
+    }                                                                                                          \
+                                                                                                               \
     int lcn_forward_##SUFFIX(const T *x, const T *w, const T *b, T *y, T *mean, T *rstd, T *shift, long n,     \
-                             long c, long h, long wd, long groups, long P, long Q, double eps) {              \
-        long hw = h * wd, g = c / groups, table = (h + 1) * (wd + 1);                                         \
-        double inverse_m = 1.0 / (double)(g * P * Q);                                                         \
-        double *work = malloc(sizeof(double) * (size_t)(2 * hw + 2 * table + 4 * (wd + 1)));                  \
-        long *index = malloc(sizeof(long) * (size_t)(2 * (h + wd)));                                          \
-        if (!work || !index) {                                                                                \
-            free(work);                                                                                       \
-            free(index);                                                                                      \
-            return 1;                                                                                         \
-        }                                                                                                     \
-        double *sums = work, *t = sums + 2 * hw, *row = t + 2 * table, *o1 = row + 2 * (wd + 1), *o2 = o1 + wd + 1; \
-        long *row_lo = index, *row_hi = row_lo + h, *col_lo = row_hi + h, *col_hi = col_lo + wd;              \
-        for (long r = 0; r < h; ++r) row_hi[r] = (row_lo[r] = window_start(r, h, P)) + P;                     \
-        for (long j = 0; j < wd; ++j) col_hi[j] = (col_lo[j] = window_start(j, wd, Q)) + Q;                   \
-        long run[4];                                                                                          \
-        sliding_run(col_lo, col_hi, wd, run, run + 1, run + 2, run + 3);                                      \
-        for (long i = 0; i < n; ++i) {                                                                        \
-            for (long k = 0; k < groups; ++k) {                                                               \
-                const T *xg = x + (i * c + k * g) * hw;                                                       \
-                T *mu = mean + (i * groups + k) * hw, *rs = rstd + (i * groups + k) * hw;                     \
-                double total = 0;                                                                             \
-                _Pragma("omp simd reduction(+ : total)") for (long p = 0; p < g * hw; ++p) total += xg[p];    \
-                T c0 = (T)(total / (double)(g * hw));                                                         \
-                shift[i * groups + k] = c0;                                                                   \
-                for (long p = 0; p < 2 * hw; ++p) sums[p] = 0;                                                \
-                for (long ch = 0; ch < g; ++ch) {                                                             \
-                    const T *xr = xg + ch * hw;                                                               \
-                    for (long p = 0; p < hw; ++p) {                                                           \
-                        double v = (double)(xr[p] - c0);                                                      \
-                        sums[2 * p] += v;                                                                     \
-                        sums[2 * p + 1] += v * v;                                                             \
-                    }                                                                                         \
-                }                                                                                             \
-                summed_area2(sums, t, h, wd);                                                                 \
-                for (long r = 0; r < h; ++r) {                                                                \
-                    box_row2(t, wd, row_lo[r], row_hi[r], col_lo, col_hi, run, row, o1, o2);                       \
-                    for (long j = 0; j < wd; ++j) {                                                           \
-                        double mean1 = o1[j] * inverse_m, var = o2[j] * inverse_m - mean1 * mean1;            \
-                        mu[r * wd + j] = (T)mean1;                                                            \
-                        rs[r * wd + j] = (T)1 / SQRT((T)((var > 0 ? var : 0) + eps));                         \
-                    }                                                                                         \
-                }                                                                                             \
-                for (long ch = 0; ch < g; ++ch) {                                                             \
-                    const T *xr = xg + ch * hw;                                                               \
-                    T *out = y + (i * c + k * g + ch) * hw, wc = w[k * g + ch], bc = b[k * g + ch];           \
-                    for (long p = 0; p < hw; ++p) out[p] = (xr[p] - c0 - mu[p]) * rs[p] * wc + bc;           \
-                }                                                                                             \
-            }                                                                                                 \
-        }                                                                                                     \
-        free(work);                                                                                           \
-        free(index);                                                                                          \
-        return 0;                                                                                             \
-    }                                                                                                         \
-                                                                                                              \
+                             long c, long h, long wd, long groups, long P, long Q, double eps) {               \
+        long hw = h * wd, g = c / groups, ls = (h - P + 1) * wd;                                               \
+        T *work = malloc(sizeof(T) * (size_t)(12 * hw));                                                       \
+        if (!work) return 1;                                                                                   \
+        T *mu = work + 10 * hw, *rs = mu + hw;                                                                 \
+        for (long m = 0; m < n * groups; ++m) {                                                                \
+            long k = m % groups, first = (m / groups * c + k * g) * hw;                                        \
+            T c0 = shift[m] = group_mean_##SUFFIX(x + first, g * hw);                                          \
+            window_statistics_##SUFFIX(x + first, c0, g, h, wd, P, Q, eps, work, mean + m * ls, rstd + m * ls); \
+            spread_rows_##SUFFIX(mean + m * ls, h, wd, P, mu);                                                 \
+            spread_rows_##SUFFIX(rstd + m * ls, h, wd, P, rs);                                                 \
+            for (long ch = 0; ch < g; ++ch) {                                                                  \
+                const T *xr = x + first + ch * hw;                                                             \
+                T *out = y + first + ch * hw, wc = w[k * g + ch], bc = b[k * g + ch];                          \
+                for (long p = 0; p < hw; ++p) out[p] = (xr[p] - c0 - mu[p]) * rs[p] * wc + bc;                 \
+            }                                                                                                  \
+        }                                                                                                      \
+        free(work);                                                                                            \
+        return 0;                                                                                              \
+    }                                                                                                          \
+                                                                                                               \
     int lcn_backward_##SUFFIX(const T *dy, const T *x, const T *w, const T *mean, const T *rstd,               \
                               const T *shift, T *dx, double *dw, double *db, long n, long c, long h, long wd,  \
-                              long groups, long P, long Q) {                                                  \
-        long hw = h * wd, g = c / groups, table = (h + 1) * (wd + 1);                                         \
-        double inverse_m = 1.0 / (double)(g * P * Q);                                                         \
-        double *work = malloc(sizeof(double) * (size_t)(2 * hw + 2 * table + 2 * (wd + 1) + 2 * wd));         \
-        long *index = malloc(sizeof(long) * (size_t)(2 * (h + wd)));                                          \
-        if (!work || !index) {                                                                                \
-            free(work);                                                                                       \
-            free(index);                                                                                      \
-            return 1;                                                                                         \
-        }                                                                                                     \
-        double *sums = work, *t = sums + 2 * hw, *row = t + 2 * table, *oa = row + 2 * (wd + 1), *ob = oa + wd; \
-        long *row_lo = index, *row_hi = row_lo + h, *col_lo = row_hi + h, *col_hi = col_lo + wd;              \
-        for (long r = 0; r < h; ++r) adjoint_range(r, h, P, row_lo + r, row_hi + r);                         \
-        for (long j = 0; j < wd; ++j) adjoint_range(j, wd, Q, col_lo + j, col_hi + j);                       \
-        long run[4];                                                                                          \
-        sliding_run(col_lo, col_hi, wd, run, run + 1, run + 2, run + 3);                                      \
-        for (long i = 0; i < n; ++i) {                                                                        \
-            for (long k = 0; k < groups; ++k) {                                                               \
-                const T *mu = mean + (i * groups + k) * hw, *rs = rstd + (i * groups + k) * hw;               \
-                T c0 = shift[i * groups + k];                                                                 \
-                for (long p = 0; p < 2 * hw; ++p) sums[p] = 0;                                                \
-                for (long ch = 0; ch < g; ++ch) {                                                             \
-                    long at = (i * c + k * g + ch) * hw;                                                      \
-                    const T *gr = dy + at, *xr = x + at;                                                      \
-                    T wc = w[k * g + ch];                                                                     \
-                    double sum_w = 0, sum_b = 0;                                                              \
-                    _Pragma("omp simd reduction(+ : sum_w, sum_b)") for (long p = 0; p < hw; ++p) {           \
-                        T x_hat = (xr[p] - c0 - mu[p]) * rs[p];                                               \
-                        sums[2 * p] += gr[p] * wc;                                                            \
-                        sums[2 * p + 1] += gr[p] * wc * x_hat;                                                \
-                        sum_w += gr[p] * x_hat;                                                               \
-                        sum_b += gr[p];                                                                       \
-                    }                                                                                         \
-                    dw[k * g + ch] += sum_w;                                                                  \
-                    db[k * g + ch] += sum_b;                                                                  \
-                }                                                                                             \
-                for (long p = 0; p < hw; ++p) {                                                               \
-                    double r = rs[p] * inverse_m, bv = sums[2 * p + 1] * r * rs[p];                           \
-                    sums[2 * p] = sums[2 * p] * r - bv * mu[p];                                               \
-                    sums[2 * p + 1] = bv;                                                                     \
-                }                                                                                             \
-                summed_area2(sums, t, h, wd);                                                                 \
-                for (long r = 0; r < h; ++r) {                                                                \
-                    box_row2(t, wd, row_lo[r], row_hi[r], col_lo, col_hi, run, row, oa, ob);                       \
-                    for (long j = 0; j < wd; ++j) {                                                           \
-                        sums[r * wd + j] = oa[j];                                                             \
-                        sums[hw + r * wd + j] = ob[j];                                                        \
-                    }                                                                                         \
-                }                                                                                             \
-                const double *adj_a = sums, *adj_b = sums + hw;                                               \
-                for (long ch = 0; ch < g; ++ch) {                                                             \
-                    long at = (i * c + k * g + ch) * hw;                                                      \
-                    const T *gr = dy + at, *xr = x + at;                                                      \
-                    T *out = dx + at, wc = w[k * g + ch];                                                     \
-                    for (long p = 0; p < hw; ++p)                                                             \
-                        out[p] = gr[p] * wc * rs[p] - (T)adj_a[p] - (xr[p] - c0) * (T)adj_b[p];              \
-                }                                                                                             \
-            }                                                                                                 \
-        }                                                                                                     \
-        free(work);                                                                                           \
-        free(index);                                                                                          \
-        return 0;                                                                                             \
+                              long groups, long P, long Q) {                                                   \
+        long hw = h * wd, g = c / groups, lr = h - P + 1, ls = lr * wd, pw = wd + Q - 1, padded = 2 * lr * pw; \
+        T inverse_m = (T)(1.0 / (double)(g * P * Q));                                                          \
+        T *work = calloc((size_t)(6 * hw + 4 * padded + 2 * wd), sizeof(T)); /* zeros around the padded rows */ \
+        if (!work) return 1;                                                                                   \
+        T *mu = work, *rs = mu + hw, *t = rs + hw, *adj = t + 2 * hw, *pad = adj + 2 * hw, *spare = pad + padded; \
+        T *sums = spare + 2 * padded, *bands = sums + padded;                                                  \
+        for (long m = 0; m < n * groups; ++m) {                                                                \
+            long k = m % groups, first = (m / groups * c + k * g) * hw;                                        \
+            const T *xg = x + first, *dyg = dy + first;                                                        \
+            T c0 = shift[m];                                                                                   \
+            spread_rows_##SUFFIX(mean + m * ls, h, wd, P, mu);                                                 \
+            spread_rows_##SUFFIX(rstd + m * ls, h, wd, P, rs);                                                 \
+            for (long ch = 0; ch < g; ++ch) {                                                                  \
+                const T *gr = dyg + ch * hw, *xr = xg + ch * hw;                                               \
+                T wc = w[k * g + ch], keep = ch ? 1 : 0; /* the first channel overwrites t */                  \
+                double sum_w = 0, sum_b = 0;                                                                   \
+                _Pragma("omp simd reduction(+ : sum_w, sum_b)") for (long p = 0; p < hw; ++p) {                \
+                    T x_hat = (xr[p] - c0 - mu[p]) * rs[p];                                                    \
+                    t[p] = t[p] * keep + gr[p] * wc;                                                           \
+                    t[hw + p] = t[hw + p] * keep + gr[p] * wc * x_hat;                                         \
+                    sum_w += gr[p] * x_hat;                                                                    \
+                    sum_b += gr[p];                                                                            \
+                }                                                                                              \
+                dw[k * g + ch] += sum_w;                                                                       \
+                db[k * g + ch] += sum_b;                                                                       \
+            }                                                                                                  \
+            for (long p = 0; p < hw; ++p) {                                                                    \
+                T scale = rs[p] * inverse_m, bv = t[hw + p] * scale * rs[p];                                   \
+                t[p] = t[p] * scale - bv * mu[p];                                                              \
+                t[hw + p] = bv;                                                                                \
+            }                                                                                                  \
+            fold_map_##SUFFIX(t, h, wd, P, Q, bands, pad);                                                     \
+            fold_map_##SUFFIX(t + hw, h, wd, P, Q, bands, pad + lr * pw);                                      \
+            if (Q > 8)                                                                                         \
+                row_running_sums_##SUFFIX(pad, 2 * lr, pw, Q, sums);                                           \
+            else                                                                                               \
+                window_sums_##SUFFIX(pad, padded, Q, 1, spare, sums);                                          \
+            running_rows_##SUFFIX(sums, pw, lr, wd, P, 0, h, adj);                                             \
+            running_rows_##SUFFIX(sums + lr * pw, pw, lr, wd, P, 0, h, adj + hw);                              \
+            for (long ch = 0; ch < g; ++ch) {                                                                  \
+                const T *gr = dyg + ch * hw, *xr = xg + ch * hw;                                               \
+                T *out = dx + first + ch * hw, wc = w[k * g + ch];                                             \
+                for (long p = 0; p < hw; ++p) out[p] = gr[p] * wc * rs[p] - adj[p] - (xr[p] - c0) * adj[hw + p]; \
+            }                                                                                                  \
+        }                                                                                                      \
+        free(work);                                                                                            \
+        return 0;                                                                                              \
     }
 
 DEFINE_LCN(float, f32, sqrtf)

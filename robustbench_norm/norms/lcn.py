@@ -29,9 +29,11 @@ see :func:`_adjoint_sums`. Every step is one whole-tensor op over the batch (no 
 chunks), so a forward + backward issues a fixed number of ATen ops for a given window, whatever N, H and W
 (about 160 for g = 2 and a 7 x 7 window, 62 of them kernels, the rest views; GroupNorm issues 6). Nothing is
 kept between calls. That is the GPU's path. On the CPU (contiguous float32 / float64) forward and backward
-are one C kernel each instead (``kernels.c``, :mod:`robustbench_norm.norms.native`): the same formulas with
-the window sums from double-precision summed-area tables per sample and group, so no rounding grows with the
-map (the numerics below then hold with room to spare).
+are one C kernel each instead (``kernels.c``, :mod:`robustbench_norm.norms.native`), one sample and group at
+a time: the same formulas and the same numerics (input dtype, shifted by the group's mean, short windows
+summed directly, 1 x 1 windows by the two-pass formula), with running sums instead of prefix differences
+for windows of more than 8 pixels along an axis (their rounding spans the window, not the map), and the
+statistics kept per window row, (N, G, H - P + 1, W), rather than per pixel.
 
 Numerics. A single-pass variance from float32 window sums cancels catastrophically: the running sums grow
 with the map, and with an offset of +100 the authors' float32 code gets the variance of small windows
@@ -352,12 +354,13 @@ def _affine_or_identity(x: Tensor, weight: Tensor | None, bias: Tensor | None) -
 
 
 def _native_forward(ctx: Any, x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float) -> Tensor:
-    """The forward pass as one C kernel (``kernels.c``: double summed-area tables per sample and group);
-    keeps the per-pixel mean (minus the group's shift) and 1 / std, (N, G, H, W), and the shift (N, G)."""
+    """The forward pass as one C kernel (``kernels.c``); keeps the mean (minus the group's shift) and 1 / std
+    of the windows of each window row, (N, G, H - P + 1, W), and the shift (N, G)."""
     groups, rows, cols = ctx.setup
     n, c, h, w = x.shape
     weight, bias = _affine_or_identity(x, weight, bias)
-    y, mean, rstd = torch.empty_like(x), x.new_empty(n, groups, h, w), x.new_empty(n, groups, h, w)
+    y = torch.empty_like(x)
+    mean, rstd = (x.new_empty(n, groups, rows.positions, w) for _ in range(2))
     shift = x.new_empty(n, groups)
     if native.call(ctx.library, "lcn_forward", x.dtype, x, weight, bias, y, mean, rstd, shift, n, c, h, w, groups,
                    rows.window, cols.window, float(eps)):
@@ -367,7 +370,7 @@ def _native_forward(ctx: Any, x: Tensor, weight: Tensor | None, bias: Tensor | N
 
 
 def _native_backward(ctx: Any, grad_y: Tensor) -> tuple[Tensor | None, ...]:
-    """The backward pass as one C kernel (adjoint window sums from summed-area tables, ``kernels.c``)."""
+    """The backward pass as one C kernel (``kernels.c``: the adjoint window sums as in :func:`_adjoint_sums`)."""
     x, weight, mean, rstd, shift = ctx.saved_tensors
     groups, rows, cols = ctx.setup
     n, c, h, w = x.shape
