@@ -504,8 +504,8 @@ DEFINE_LCN(float, f32, sqrtf)
 DEFINE_LCN(double, f64, sqrt)
 
 /* Mixture Normalization (robustbench_norm/norms/mixture.py) over x (N, C, P), contiguous, one K-component
- * mixture per channel (prior, mu, v: (C, K), fixed; EM runs in Python). For each channel, with
- * tau_k(x) = softmax_k(log prior_k - log(v_k) / 2 - (x - mu_k)^2 / (2 v_k)):
+ * mixture per channel (prior, mu, v: (C, K); mixture_em fits them, forward and backward hold them fixed).
+ * With tau_k(x) = softmax_k(log prior_k - log(v_k) / 2 - (x - mu_k)^2 / (2 v_k)):
  *
  *   forward:  M_k = sum tau_k (floored at the dtype's smallest normal), m_k = sum tau_k x / M_k,
  *             s_k = sum tau_k (x - m_k)^2 / M_k (training; given m_k, s_k in eval), a_k = (prior_k (s_k + eps))^-1/2,
@@ -517,29 +517,31 @@ DEFINE_LCN(double, f64, sqrt)
  *             dx = sum_k tau_k (E_k - T_k D_k) + (sum_k tau_k T_k) (sum_k tau_k D_k),
  *             dw = sum dy x_hat, db = sum dy.
  *
- * One channel at a time, in chunks of MIXTURE_CHUNK values gathered into a contiguous buffer (so every pass
- * over a chunk stays in the cache), every loop running over the values (vectorised); the posteriors are
- * recomputed for each pass over the channel (three forward in training, two backward) rather than stored;
- * the sums are taken in double. exp is evaluated by range reduction to [-ln 2 / 2, ln 2 / 2] and a Taylor
- * polynomial (degree 7 in float, 13 in double: below the dtype's rounding), written out so that the loops
- * vectorise; the softmax only exponentiates values <= 0. Both return 1 when they cannot allocate the
+ * One channel at a time: its values are gathered into a contiguous buffer and their posteriors computed once,
+ * a chunk of MIXTURE_CHUNK values at a time (so the chunk's passes stay in the cache), and kept for the
+ * channel's later passes (K values per value of the channel: two more forward in training, two backward);
+ * every loop runs over the values (vectorised); the sums are taken in double. exp is evaluated by range
+ * reduction to [-ln 2 / 2, ln 2 / 2] and a Taylor polynomial (degree 7 in float, 13 in double: below the
+ * dtype's rounding), written out so that the loops vectorise; the softmax only exponentiates values <= 0, and
+ * a posterior below e^-64 of the largest is taken as 0 (far below the dtype's rounding, and it keeps
+ * subnormal numbers, slow on some CPUs, out of the sums). All return 1 when they cannot allocate their
  * scratch buffers, 0 otherwise. */
 
 static inline float exp_nonpositive_f32(float x) {
-    x = x < -87.0f ? -87.0f : x;
-    float k = __builtin_rintf(x * 1.44269504088896341f);
-    float r = x - k * 0.693145751953125f - k * 1.42860682030941723212e-6f;
+    float z = x < -64.0f ? -64.0f : x;
+    float k = (z * 1.44269504088896341f + 12582912.0f) - 12582912.0f; /* round to nearest: 1.5 * 2^23 */
+    float r = z - k * 0.693145751953125f - k * 1.42860682030941723212e-6f;
     float p = 1.0f + r * (1.0f + r * (0.5f + r * (1.0f / 6 + r * (1.0f / 24 + r * (1.0f / 120 + r * (1.0f / 720 + r * (1.0f / 5040)))))));
     int bits = ((int)k + 127) << 23;
     float scale;
     __builtin_memcpy(&scale, &bits, sizeof scale);
-    return p * scale;
+    return x < -64.0f ? 0.0f : p * scale;
 }
 
 static inline double exp_nonpositive_f64(double x) {
-    x = x < -708.0 ? -708.0 : x;
-    double k = __builtin_rint(x * 1.44269504088896340736);
-    double r = x - k * 6.93147180369123816490e-1 - k * 1.90821492927058770002e-10;
+    double z = x < -64.0 ? -64.0 : x;
+    double k = (z * 1.44269504088896340736 + 6755399441055744.0) - 6755399441055744.0; /* 1.5 * 2^52 */
+    double r = z - k * 6.93147180369123816490e-1 - k * 1.90821492927058770002e-10;
     double p = 1.0 / 6227020800.0;
     static const double inverse_factorials[] = {1.0 / 479001600, 1.0 / 39916800, 1.0 / 3628800, 1.0 / 362880,
                                                 1.0 / 40320, 1.0 / 5040, 1.0 / 720, 1.0 / 120, 1.0 / 24, 1.0 / 6,
@@ -548,7 +550,7 @@ static inline double exp_nonpositive_f64(double x) {
     long long bits = ((long long)k + 1023) << 52;
     double scale;
     __builtin_memcpy(&scale, &bits, sizeof scale);
-    return p * scale;
+    return x < -64.0 ? 0.0 : p * scale;
 }
 
 /* Values [start, start + m) of channel ch of x (N, C, P), in (n, p) order, copied to or from the contiguous buf. */
@@ -576,237 +578,208 @@ DEFINE_CHANNEL_COPY(double, f64)
 #define MIXTURE_CHUNK 1024
 
 #define DEFINE_MIXTURE(T, SUFFIX, LOG, SQRT)                                                                   \
-    /* Values [start, start + m) of channel ch (in (n, p) order) into xs, their posteriors into                \
-     * tau[k * MIXTURE_CHUNK + l]; top is scratch. */                                                         \
-    static void mixture_chunk_##SUFFIX(const T *x, long c, long p, long ch, long K, long start, long m,       \
-                                       const T *log_const, const T *mu, const T *half_inv_v, T *xs, T *tau,   \
-                                       T *top) {                                                              \
-        channel_gather_##SUFFIX(x, c, p, ch, start, m, xs);                                                   \
-        for (long k = 0; k < K; ++k) {                                                                        \
-            T *t = tau + k * MIXTURE_CHUNK;                                                                   \
-            for (long l = 0; l < m; ++l) {                                                                    \
-                T d = xs[l] - mu[k];                                                                          \
-                t[l] = log_const[k] - d * d * half_inv_v[k];                                                  \
-                top[l] = k == 0 || t[l] > top[l] ? t[l] : top[l];                                             \
-            }                                                                                                 \
-        }                                                                                                     \
-        T total[MIXTURE_CHUNK];                                                                               \
-        for (long l = 0; l < m; ++l) total[l] = 0;                                                            \
-        for (long k = 0; k < K; ++k) {                                                                        \
-            T *t = tau + k * MIXTURE_CHUNK;                                                                   \
-            for (long l = 0; l < m; ++l) total[l] += (t[l] = exp_nonpositive_##SUFFIX(t[l] - top[l]));        \
-        }                                                                                                     \
-        for (long l = 0; l < m; ++l) total[l] = (T)1 / total[l];                                              \
-        for (long k = 0; k < K; ++k)                                                                          \
-            for (long l = 0; l < m; ++l) tau[k * MIXTURE_CHUNK + l] *= total[l];                              \
-    }                                                                                                         \
-                                                                                                              \
-    /* Per-component constants of channel ch's mixture. */                                                    \
-    static void mixture_setup_##SUFFIX(const T *prior, const T *mean, const T *var, long ch, long K,          \
-                                       T *log_const, T *mu, T *half_inv_v) {                                  \
-        for (long k = 0; k < K; ++k) {                                                                        \
-            log_const[k] = LOG(prior[ch * K + k]) - (T)0.5 * LOG(var[ch * K + k]);                            \
-            mu[k] = mean[ch * K + k];                                                                         \
-            half_inv_v[k] = (T)0.5 / var[ch * K + k];                                                         \
-        }                                                                                                     \
-    }                                                                                                         \
-                                                                                                              \
-    /* Posterior mass (raw), mean and variance of each component over all L = n p values of channel ch: the \
-     * M-step's statistics and the training forward's normalising moments, at [ch * K + k]. sums is scratch   \
-     * of 3 K doubles. */                                                                                     \
-    static void mixture_moments_##SUFFIX(const T *x, long n, long c, long p, long ch, long K, const T *log_const, \
-                                         const T *mu, const T *half_inv_v, double tiny, T *xs, T *tau, T *top,  \
-                                         double *sums, T *mass_out, T *mean_out, T *var_out) {                 \
-        long L = n * p;                                                                                       \
-        double *mass = sums, *first = mass + K, *second = first + K;                                          \
-        for (long k = 0; k < 3 * K; ++k) sums[k] = 0;                                                         \
-        for (long start = 0; start < L; start += MIXTURE_CHUNK) {                                             \
-            long m = L - start < MIXTURE_CHUNK ? L - start : MIXTURE_CHUNK;                                   \
-            mixture_chunk_##SUFFIX(x, c, p, ch, K, start, m, log_const, mu, half_inv_v, xs, tau, top);        \
-            for (long k = 0; k < K; ++k) {                                                                    \
-                const T *t = tau + k * MIXTURE_CHUNK;                                                         \
-                double mass_k = 0, first_k = 0;                                                               \
-                _Pragma("omp simd reduction(+ : mass_k, first_k)") for (long l = 0; l < m; ++l) {             \
-                    mass_k += t[l];                                                                           \
-                    first_k += t[l] * xs[l];                                                                  \
-                }                                                                                             \
-                mass[k] += mass_k;                                                                            \
-                first[k] += first_k;                                                                          \
-            }                                                                                                 \
-        }                                                                                                     \
-        for (long k = 0; k < K; ++k) {                                                                        \
-            mass_out[ch * K + k] = (T)mass[k];                                                                \
-            mass[k] = mass[k] > tiny ? mass[k] : tiny;                                                        \
-            mean_out[ch * K + k] = (T)(first[k] / mass[k]);                                                   \
-        }                                                                                                     \
-        for (long start = 0; start < L; start += MIXTURE_CHUNK) {                                             \
-            long m = L - start < MIXTURE_CHUNK ? L - start : MIXTURE_CHUNK;                                   \
-            mixture_chunk_##SUFFIX(x, c, p, ch, K, start, m, log_const, mu, half_inv_v, xs, tau, top);        \
-            for (long k = 0; k < K; ++k) {                                                                    \
-                const T *t = tau + k * MIXTURE_CHUNK;                                                         \
-                T m_k = mean_out[ch * K + k];                                                                 \
-                double second_k = 0;                                                                          \
-                _Pragma("omp simd reduction(+ : second_k)") for (long l = 0; l < m; ++l) {                    \
-                    T d = xs[l] - m_k;                                                                        \
-                    second_k += t[l] * d * d;                                                                 \
-                }                                                                                             \
-                second[k] += second_k;                                                                        \
-            }                                                                                                 \
-        }                                                                                                     \
-        for (long k = 0; k < K; ++k) var_out[ch * K + k] = (T)(second[k] / mass[k]);                          \
-    }                                                                                                         \
-                                                                                                              \
-    /* EM on samples (C, M) (mixture.fit_mixture after its start): per iteration the moments above, then      \
-     * prior = max(mass / M, min_prior), mean, var = max(var, var_floor); prior, mean, var updated in place. */ \
-    int mixture_em_##SUFFIX(const T *samples, long c, long m, long K, long iterations, double var_floor,      \
-                            double min_prior, double tiny, T *prior, T *mean, T *var) {                       \
-        T *work = malloc(sizeof(T) * (size_t)((K + 2) * MIXTURE_CHUNK + 3 * K));                              \
-        double *sums = malloc(sizeof(double) * (size_t)(3 * K));                                              \
-        if (!work || !sums) {                                                                                 \
-            free(work);                                                                                       \
-            free(sums);                                                                                       \
-            return 1;                                                                                         \
-        }                                                                                                     \
-        T *tau = work, *xs = tau + K * MIXTURE_CHUNK, *top = xs + MIXTURE_CHUNK, *log_const = top + MIXTURE_CHUNK; \
-        T *mu = log_const + K, *half_inv_v = mu + K;                                                          \
-        for (long it = 0; it < iterations; ++it) {                                                            \
-            for (long ch = 0; ch < c; ++ch) {                                                                 \
-                mixture_setup_##SUFFIX(prior, mean, var, ch, K, log_const, mu, half_inv_v);                   \
-                mixture_moments_##SUFFIX(samples, 1, c, m, ch, K, log_const, mu, half_inv_v, tiny, xs, tau, top, \
-                                         sums, prior, mean, var);                                             \
-                for (long k = 0; k < K; ++k) {                                                                \
-                    T share = prior[ch * K + k] / (T)m, floor_v = (T)var_floor;                               \
-                    prior[ch * K + k] = share > (T)min_prior ? share : (T)min_prior;                          \
-                    var[ch * K + k] = var[ch * K + k] > floor_v ? var[ch * K + k] : floor_v;                  \
-                }                                                                                             \
-            }                                                                                                 \
-        }                                                                                                     \
-        free(work);                                                                                           \
-        free(sums);                                                                                           \
-        return 0;                                                                                             \
-    }                                                                                                         \
-                                                                                                              \
-    int mixture_forward_##SUFFIX(const T *x, const T *w, const T *b, const T *prior, const T *mean,          \
-                                 const T *var, T *norm_mean, T *norm_var, T *mass_out, int training, T *y,    \
-                                 long n, long c, long p, long K, double eps, double tiny) {                   \
-        long L = n * p;                                                                                       \
-        T *work = malloc(sizeof(T) * (size_t)((3 * K + 3) * MIXTURE_CHUNK));                                  \
-        double *sums = malloc(sizeof(double) * (size_t)(3 * K));                                              \
-        if (!work || !sums) {                                                                                 \
-            free(work);                                                                                       \
-            free(sums);                                                                                       \
-            return 1;                                                                                         \
-        }                                                                                                     \
-        T *tau = work, *xs = tau + K * MIXTURE_CHUNK, *top = xs + MIXTURE_CHUNK, *x_hat = top + MIXTURE_CHUNK; \
-        T *log_const = x_hat + MIXTURE_CHUNK, *mu = log_const + K, *half_inv_v = mu + K;                     \
-        for (long ch = 0; ch < c; ++ch) {                                                                     \
-            mixture_setup_##SUFFIX(prior, mean, var, ch, K, log_const, mu, half_inv_v);                       \
-            if (training) {                                                                                   \
-                mixture_moments_##SUFFIX(x, n, c, p, ch, K, log_const, mu, half_inv_v, tiny, xs, tau, top, sums, \
-                                         mass_out, norm_mean, norm_var);                                      \
-                for (long k = 0; k < K; ++k)                                                                  \
-                    mass_out[ch * K + k] = mass_out[ch * K + k] > (T)tiny ? mass_out[ch * K + k] : (T)tiny;   \
-            }                                                                                                 \
-            T wc = w[ch], bc = b[ch];                                                                         \
-            for (long start = 0; start < L; start += MIXTURE_CHUNK) {                                         \
-                long m = L - start < MIXTURE_CHUNK ? L - start : MIXTURE_CHUNK;                               \
-                mixture_chunk_##SUFFIX(x, c, p, ch, K, start, m, log_const, mu, half_inv_v, xs, tau, top);    \
-                for (long l = 0; l < m; ++l) x_hat[l] = 0;                                                    \
-                for (long k = 0; k < K; ++k) {                                                                \
-                    const T *t = tau + k * MIXTURE_CHUNK;                                                     \
-                    T m_k = norm_mean[ch * K + k];                                                            \
-                    T scale = (T)1 / SQRT(prior[ch * K + k] * (norm_var[ch * K + k] + (T)eps));               \
-                    for (long l = 0; l < m; ++l) x_hat[l] += t[l] * scale * (xs[l] - m_k);                    \
-                }                                                                                             \
-                for (long l = 0; l < m; ++l) x_hat[l] = x_hat[l] * wc + bc;                                   \
-                channel_scatter_##SUFFIX(y, c, p, ch, start, m, x_hat);                                       \
-            }                                                                                                 \
-        }                                                                                                     \
-        free(work);                                                                                           \
-        free(sums);                                                                                           \
-        return 0;                                                                                             \
-    }                                                                                                         \
-                                                                                                              \
-    int mixture_backward_##SUFFIX(const T *dy, const T *x, const T *w, const T *prior, const T *mean,        \
-                                  const T *var, const T *norm_mean, const T *norm_var, const T *mass,        \
+    /* Per-component constants of channel ch's mixture. */                                                     \
+    static void mixture_setup_##SUFFIX(const T *prior, const T *mean, const T *var, long ch, long K,           \
+                                       T *log_const, T *mu, T *half_inv_v) {                                   \
+        for (long k = 0; k < K; ++k) {                                                                         \
+            log_const[k] = LOG(prior[ch * K + k]) - (T)0.5 * LOG(var[ch * K + k]);                             \
+            mu[k] = mean[ch * K + k];                                                                          \
+            half_inv_v[k] = (T)0.5 / var[ch * K + k];                                                          \
+        }                                                                                                      \
+    }                                                                                                          \
+                                                                                                               \
+    /* The posteriors tau[k * L + l] of the L values xs of one channel under its mixture (the constants of     \
+     * mixture_setup), a chunk of MIXTURE_CHUNK values at a time, so that the chunk's passes stay in the cache; \
+     * top and total are scratch of MIXTURE_CHUNK values each. */                                              \
+    static void mixture_posteriors_##SUFFIX(const T *xs, long L, long K, const T *log_const, const T *mu,      \
+                                            const T *half_inv_v, T *top, T *total, T *tau) {                   \
+        for (long start = 0; start < L; start += MIXTURE_CHUNK) {                                              \
+            long m = L - start < MIXTURE_CHUNK ? L - start : MIXTURE_CHUNK;                                    \
+            const T *xc = xs + start;                                                                          \
+            for (long k = 0; k < K; ++k) {                                                                     \
+                T *t = tau + k * L + start;                                                                    \
+                for (long l = 0; l < m; ++l) {                                                                 \
+                    T d = xc[l] - mu[k];                                                                       \
+                    t[l] = log_const[k] - d * d * half_inv_v[k];                                               \
+                    top[l] = k == 0 || t[l] > top[l] ? t[l] : top[l];                                          \
+                }                                                                                              \
+            }                                                                                                  \
+            for (long l = 0; l < m; ++l) total[l] = 0;                                                         \
+            for (long k = 0; k < K; ++k) {                                                                     \
+                T *t = tau + k * L + start;                                                                    \
+                for (long l = 0; l < m; ++l) total[l] += (t[l] = exp_nonpositive_##SUFFIX(t[l] - top[l]));     \
+            }                                                                                                  \
+            for (long l = 0; l < m; ++l) total[l] = (T)1 / total[l];                                           \
+            for (long k = 0; k < K; ++k) {                                                                     \
+                T *t = tau + k * L + start;                                                                    \
+                for (long l = 0; l < m; ++l) t[l] *= total[l];                                                 \
+            }                                                                                                  \
+        }                                                                                                      \
+    }                                                                                                          \
+                                                                                                               \
+    /* Posterior mass (raw), mean and variance (about that mean: a second pass) of each component over the L   \
+     * values xs with posteriors tau: the M-step's statistics and the training forward's normalising moments,  \
+     * at [ch * K + k]. */                                                                                     \
+    static void mixture_moments_##SUFFIX(const T *xs, const T *tau, long L, long K, long ch, double tiny,      \
+                                         T *mass_out, T *mean_out, T *var_out) {                               \
+        for (long k = 0; k < K; ++k) {                                                                         \
+            const T *t = tau + k * L;                                                                          \
+            double mass = 0, first = 0, second = 0;                                                            \
+            _Pragma("omp simd reduction(+ : mass, first)") for (long l = 0; l < L; ++l) {                      \
+                mass += t[l];                                                                                  \
+                first += t[l] * xs[l];                                                                         \
+            }                                                                                                  \
+            mass_out[ch * K + k] = (T)mass;                                                                    \
+            mass = mass > tiny ? mass : tiny;                                                                  \
+            T m_k = mean_out[ch * K + k] = (T)(first / mass);                                                  \
+            _Pragma("omp simd reduction(+ : second)") for (long l = 0; l < L; ++l) {                           \
+                T d = xs[l] - m_k;                                                                             \
+                second += t[l] * d * d;                                                                        \
+            }                                                                                                  \
+            var_out[ch * K + k] = (T)(second / mass);                                                          \
+        }                                                                                                      \
+    }                                                                                                          \
+                                                                                                               \
+    /* EM on samples (C, M) (mixture.fit_mixture after its start): per iteration the posteriors and moments    \
+     * above, then prior = max(mass / M, min_prior), mean, var = max(var, var_floor); updated in place. */     \
+    int mixture_em_##SUFFIX(const T *samples, long c, long m, long K, long iterations, double var_floor,       \
+                            double min_prior, double tiny, T *prior, T *mean, T *var) {                        \
+        T *work = malloc(sizeof(T) * (size_t)(K * m + 2 * MIXTURE_CHUNK + 3 * K));                             \
+        if (!work) return 1;                                                                                   \
+        T *tau = work, *top = tau + K * m, *total = top + MIXTURE_CHUNK, *log_const = total + MIXTURE_CHUNK;   \
+        T *mu = log_const + K, *half_inv_v = mu + K;                                                           \
+        for (long it = 0; it < iterations; ++it) {                                                             \
+            for (long ch = 0; ch < c; ++ch) {                                                                  \
+                const T *xs = samples + ch * m;                                                                \
+                mixture_setup_##SUFFIX(prior, mean, var, ch, K, log_const, mu, half_inv_v);                    \
+                mixture_posteriors_##SUFFIX(xs, m, K, log_const, mu, half_inv_v, top, total, tau);             \
+                mixture_moments_##SUFFIX(xs, tau, m, K, ch, tiny, prior, mean, var);                           \
+                for (long k = 0; k < K; ++k) {                                                                 \
+                    T share = prior[ch * K + k] / (T)m, floor_v = (T)var_floor;                                \
+                    prior[ch * K + k] = share > (T)min_prior ? share : (T)min_prior;                           \
+                    var[ch * K + k] = var[ch * K + k] > floor_v ? var[ch * K + k] : floor_v;                   \
+                }                                                                                              \
+            }                                                                                                  \
+        }                                                                                                      \
+        free(work);                                                                                            \
+        return 0;                                                                                              \
+    }                                                                                                          \
+                                                                                                               \
+    int mixture_forward_##SUFFIX(const T *x, const T *w, const T *b, const T *prior, const T *mean,            \
+                                 const T *var, T *norm_mean, T *norm_var, T *mass_out, int training, T *y,     \
+                                 long n, long c, long p, long K, double eps, double tiny) {                    \
+        long L = n * p;                                                                                        \
+        T *work = malloc(sizeof(T) * (size_t)((K + 1) * L + 3 * MIXTURE_CHUNK + 3 * K));                       \
+        if (!work) return 1;                                                                                   \
+        T *tau = work, *xs = tau + K * L, *top = xs + L, *total = top + MIXTURE_CHUNK, *x_hat = total + MIXTURE_CHUNK; \
+        T *log_const = x_hat + MIXTURE_CHUNK, *mu = log_const + K, *half_inv_v = mu + K;                       \
+        for (long ch = 0; ch < c; ++ch) {                                                                      \
+            mixture_setup_##SUFFIX(prior, mean, var, ch, K, log_const, mu, half_inv_v);                        \
+            channel_gather_##SUFFIX(x, c, p, ch, 0, L, xs);                                                    \
+            mixture_posteriors_##SUFFIX(xs, L, K, log_const, mu, half_inv_v, top, total, tau);                 \
+            if (training) {                                                                                    \
+                mixture_moments_##SUFFIX(xs, tau, L, K, ch, tiny, mass_out, norm_mean, norm_var);              \
+                for (long k = 0; k < K; ++k)                                                                   \
+                    mass_out[ch * K + k] = mass_out[ch * K + k] > (T)tiny ? mass_out[ch * K + k] : (T)tiny;    \
+            }                                                                                                  \
+            T wc = w[ch], bc = b[ch];                                                                          \
+            for (long start = 0; start < L; start += MIXTURE_CHUNK) {                                          \
+                long m = L - start < MIXTURE_CHUNK ? L - start : MIXTURE_CHUNK;                                \
+                for (long l = 0; l < m; ++l) x_hat[l] = 0;                                                     \
+                for (long k = 0; k < K; ++k) {                                                                 \
+                    const T *t = tau + k * L + start, *xc = xs + start;                                        \
+                    T m_k = norm_mean[ch * K + k];                                                             \
+                    T scale = (T)1 / SQRT(prior[ch * K + k] * (norm_var[ch * K + k] + (T)eps));                \
+                    for (long l = 0; l < m; ++l) x_hat[l] += t[l] * scale * (xc[l] - m_k);                     \
+                }                                                                                              \
+                for (long l = 0; l < m; ++l) x_hat[l] = x_hat[l] * wc + bc;                                    \
+                channel_scatter_##SUFFIX(y, c, p, ch, start, m, x_hat);                                        \
+            }                                                                                                  \
+        }                                                                                                      \
+        free(work);                                                                                            \
+        return 0;                                                                                              \
+    }                                                                                                          \
+                                                                                                               \
+    int mixture_backward_##SUFFIX(const T *dy, const T *x, const T *w, const T *prior, const T *mean,          \
+                                  const T *var, const T *norm_mean, const T *norm_var, const T *mass,          \
                                   int training, T *dx, double *dw, double *db, long n, long c, long p, long K, \
-                                  double eps) {                                                               \
-        long L = n * p;                                                                                       \
-        T *work = malloc(sizeof(T) * (size_t)((K + 7) * MIXTURE_CHUNK + 8 * K));                              \
-        double *sums = malloc(sizeof(double) * (size_t)(2 * K));                                              \
-        if (!work || !sums) {                                                                                 \
-            free(work);                                                                                       \
-            free(sums);                                                                                       \
-            return 1;                                                                                         \
-        }                                                                                                     \
-        T *tau = work, *xs = tau + K * MIXTURE_CHUNK, *top = xs + MIXTURE_CHUNK, *gs = top + MIXTURE_CHUNK;   \
-        T *sum = gs + MIXTURE_CHUNK, *total_t = sum + MIXTURE_CHUNK, *total_d = total_t + MIXTURE_CHUNK;      \
-        T *x_hat = total_d + MIXTURE_CHUNK, *log_const = x_hat + MIXTURE_CHUNK, *mu = log_const + K;          \
-        T *half_inv_v = mu + K, *scale = half_inv_v + K, *c1 = scale + K, *c2 = c1 + K, *m_k = c2 + K;        \
-        T *s_k = m_k + K;                                                                                     \
-        double *gathered = sums, *spread = gathered + K;                                                      \
-        for (long ch = 0; ch < c; ++ch) {                                                                     \
-            mixture_setup_##SUFFIX(prior, mean, var, ch, K, log_const, mu, half_inv_v);                       \
-            T wc = w[ch];                                                                                     \
-            double sum_w = 0, sum_b = 0;                                                                      \
-            for (long k = 0; k < K; ++k) {                                                                    \
-                m_k[k] = norm_mean[ch * K + k];                                                               \
-                s_k[k] = norm_var[ch * K + k];                                                                \
-                scale[k] = (T)1 / SQRT(prior[ch * K + k] * (s_k[k] + (T)eps));                                \
-                gathered[k] = spread[k] = 0;                                                                  \
-            }                                                                                                 \
-            for (long start = 0; start < L; start += MIXTURE_CHUNK) {                                         \
-                long m = L - start < MIXTURE_CHUNK ? L - start : MIXTURE_CHUNK;                               \
-                mixture_chunk_##SUFFIX(x, c, p, ch, K, start, m, log_const, mu, half_inv_v, xs, tau, top);    \
-                channel_gather_##SUFFIX(dy, c, p, ch, start, m, gs);                                          \
-                for (long l = 0; l < m; ++l) x_hat[l] = 0;                                                    \
-                for (long k = 0; k < K; ++k) {                                                                \
-                    const T *t = tau + k * MIXTURE_CHUNK;                                                     \
-                    double gathered_k = 0, spread_k = 0;                                                      \
-                    _Pragma("omp simd reduction(+ : gathered_k, spread_k)") for (long l = 0; l < m; ++l) {    \
-                        T e = xs[l] - m_k[k], gt = gs[l] * wc * t[l];                                         \
-                        x_hat[l] += t[l] * scale[k] * e;                                                      \
-                        gathered_k += gt;                                                                     \
+                                  double eps) {                                                                \
+        long L = n * p;                                                                                        \
+        T *work = malloc(sizeof(T) * (size_t)((K + 2) * L + 5 * MIXTURE_CHUNK + 8 * K));                       \
+        double *sums = malloc(sizeof(double) * (size_t)(2 * K));                                               \
+        if (!work || !sums) {                                                                                  \
+            free(work);                                                                                        \
+            free(sums);                                                                                        \
+            return 1;                                                                                          \
+        }                                                                                                      \
+        T *tau = work, *xs = tau + K * L, *gs = xs + L, *top = gs + L, *sum = top + MIXTURE_CHUNK;             \
+        T *total_t = sum + MIXTURE_CHUNK, *total_d = total_t + MIXTURE_CHUNK, *x_hat = total_d + MIXTURE_CHUNK; \
+        T *log_const = x_hat + MIXTURE_CHUNK, *mu = log_const + K, *half_inv_v = mu + K, *scale = half_inv_v + K; \
+        T *c1 = scale + K, *c2 = c1 + K, *m_k = c2 + K, *s_k = m_k + K;                                        \
+        double *gathered = sums, *spread = gathered + K;                                                       \
+        for (long ch = 0; ch < c; ++ch) {                                                                      \
+            mixture_setup_##SUFFIX(prior, mean, var, ch, K, log_const, mu, half_inv_v);                        \
+            channel_gather_##SUFFIX(x, c, p, ch, 0, L, xs);                                                    \
+            channel_gather_##SUFFIX(dy, c, p, ch, 0, L, gs);                                                   \
+            mixture_posteriors_##SUFFIX(xs, L, K, log_const, mu, half_inv_v, top, sum, tau);                   \
+            T wc = w[ch];                                                                                      \
+            double sum_w = 0, sum_b = 0;                                                                       \
+            for (long k = 0; k < K; ++k) {                                                                     \
+                m_k[k] = norm_mean[ch * K + k];                                                                \
+                s_k[k] = norm_var[ch * K + k];                                                                 \
+                scale[k] = (T)1 / SQRT(prior[ch * K + k] * (s_k[k] + (T)eps));                                 \
+                gathered[k] = spread[k] = 0;                                                                   \
+            }                                                                                                  \
+            for (long start = 0; start < L; start += MIXTURE_CHUNK) {                                          \
+                long m = L - start < MIXTURE_CHUNK ? L - start : MIXTURE_CHUNK;                                \
+                const T *xc = xs + start, *gc = gs + start;                                                    \
+                for (long l = 0; l < m; ++l) x_hat[l] = 0;                                                     \
+                for (long k = 0; k < K; ++k) {                                                                 \
+                    const T *t = tau + k * L + start;                                                          \
+                    double gathered_k = 0, spread_k = 0;                                                       \
+                    _Pragma("omp simd reduction(+ : gathered_k, spread_k)") for (long l = 0; l < m; ++l) {     \
+                        T e = xc[l] - m_k[k], gt = gc[l] * wc * t[l];                                          \
+                        x_hat[l] += t[l] * scale[k] * e;                                                       \
+                        gathered_k += gt;                                                                      \
                         spread_k += gt * e;                                                                    \
-                    }                                                                                         \
-                    gathered[k] += gathered_k;                                                                \
-                    spread[k] += spread_k;                                                                    \
-                }                                                                                             \
-                _Pragma("omp simd reduction(+ : sum_w, sum_b)") for (long l = 0; l < m; ++l) {                \
-                    sum_w += gs[l] * x_hat[l];                                                                \
-                    sum_b += gs[l];                                                                           \
-                }                                                                                             \
-            }                                                                                                 \
-            dw[ch] = sum_w;                                                                                   \
-            db[ch] = sum_b;                                                                                   \
-            for (long k = 0; k < K; ++k) {                                                                    \
-                c1[k] = training ? (T)(-scale[k] * gathered[k] / mass[ch * K + k]) : 0;                       \
+                    }                                                                                          \
+                    gathered[k] += gathered_k;                                                                 \
+                    spread[k] += spread_k;                                                                     \
+                }                                                                                              \
+                _Pragma("omp simd reduction(+ : sum_w, sum_b)") for (long l = 0; l < m; ++l) {                 \
+                    sum_w += gc[l] * x_hat[l];                                                                 \
+                    sum_b += gc[l];                                                                            \
+                }                                                                                              \
+            }                                                                                                  \
+            dw[ch] = sum_w;                                                                                    \
+            db[ch] = sum_b;                                                                                    \
+            for (long k = 0; k < K; ++k) {                                                                     \
+                c1[k] = training ? (T)(-scale[k] * gathered[k] / mass[ch * K + k]) : 0;                        \
                 c2[k] = training ? (T)(-0.5 * scale[k] * spread[k] / ((s_k[k] + eps) * mass[ch * K + k])) : 0; \
-            }                                                                                                 \
-            for (long start = 0; start < L; start += MIXTURE_CHUNK) {                                         \
-                long m = L - start < MIXTURE_CHUNK ? L - start : MIXTURE_CHUNK;                               \
-                mixture_chunk_##SUFFIX(x, c, p, ch, K, start, m, log_const, mu, half_inv_v, xs, tau, top);    \
-                channel_gather_##SUFFIX(dy, c, p, ch, start, m, gs);                                          \
-                for (long l = 0; l < m; ++l) sum[l] = total_t[l] = total_d[l] = 0;                            \
-                for (long k = 0; k < K; ++k) {                                                                \
-                    const T *t = tau + k * MIXTURE_CHUNK;                                                     \
-                    T inverse_v = 2 * half_inv_v[k];                                                          \
-                    for (long l = 0; l < m; ++l) {                                                            \
-                        T e = xs[l] - m_k[k], ga = gs[l] * wc * scale[k];                                     \
+            }                                                                                                  \
+            for (long start = 0; start < L; start += MIXTURE_CHUNK) {                                          \
+                long m = L - start < MIXTURE_CHUNK ? L - start : MIXTURE_CHUNK;                                \
+                const T *xc = xs + start, *gc = gs + start;                                                    \
+                for (long l = 0; l < m; ++l) sum[l] = total_t[l] = total_d[l] = 0;                             \
+                for (long k = 0; k < K; ++k) {                                                                 \
+                    const T *t = tau + k * L + start;                                                          \
+                    T inverse_v = 2 * half_inv_v[k];                                                           \
+                    for (long l = 0; l < m; ++l) {                                                             \
+                        T e = xc[l] - m_k[k], ga = gc[l] * wc * scale[k];                                      \
                         T t_k = (ga + c1[k]) * e + c2[k] * (e * e - s_k[k]), e_k = ga + c1[k] + 2 * c2[k] * e; \
-                        T d_k = (xs[l] - mu[k]) * inverse_v;                                                  \
-                        sum[l] += t[l] * (e_k - t_k * d_k);                                                   \
-                        total_t[l] += t[l] * t_k;                                                             \
-                        total_d[l] += t[l] * d_k;                                                             \
-                    }                                                                                         \
-                }                                                                                             \
-                for (long l = 0; l < m; ++l) sum[l] += total_t[l] * total_d[l];                               \
-                channel_scatter_##SUFFIX(dx, c, p, ch, start, m, sum);                                        \
-            }                                                                                                 \
-        }                                                                                                     \
-        free(work);                                                                                           \
-        free(sums);                                                                                           \
-        return 0;                                                                                             \
+                        T d_k = (xc[l] - mu[k]) * inverse_v;                                                   \
+                        sum[l] += t[l] * (e_k - t_k * d_k);                                                    \
+                        total_t[l] += t[l] * t_k;                                                              \
+                        total_d[l] += t[l] * d_k;                                                              \
+                    }                                                                                          \
+                }                                                                                              \
+                for (long l = 0; l < m; ++l) sum[l] += total_t[l] * total_d[l];                                \
+                channel_scatter_##SUFFIX(dx, c, p, ch, start, m, sum);                                         \
+            }                                                                                                  \
+        }                                                                                                      \
+        free(work);                                                                                            \
+        free(sums);                                                                                            \
+        return 0;                                                                                              \
     }
 
 DEFINE_MIXTURE(float, f32, logf, sqrtf)

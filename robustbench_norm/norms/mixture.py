@@ -41,9 +41,9 @@ are not finite (NaN or inf input) leaves the affected running entries untouched.
 Shapes: input and output ``(N, C, H, W)``; ``weight``, ``bias``: ``(C,)``; mixture parameters and running
 buffers: ``(C, K)``. Cost: O(NCHW * K) time for the normalisation, plus O(C * EM_MAX_VALUES * K *
 em_iterations) for EM. On the CPU (contiguous float32 / float64) EM, forward and backward are one C kernel
-each (``kernels.c``, :mod:`robustbench_norm.norms.native`): per channel, in chunks that stay in the cache,
-with the posteriors recomputed for each pass (three forward, two backward) instead of stored, so the extra
-memory is O(K) per chunk. Elsewhere (GPU) a custom autograd function over K separate (N, C, H, W) posteriors
+each (``kernels.c``, :mod:`robustbench_norm.norms.native`): one channel at a time, its posteriors computed
+once (in chunks that stay in the cache) and kept for the channel's other passes, so the extra memory is K + 2
+values per value of one channel (about (K + 2) / C of the input). Elsewhere (GPU) a custom autograd function over K separate (N, C, H, W) posteriors
 with a written-out backward: about 20 K passes over the batch forward and 20 K backward.
 """
 

@@ -11,9 +11,10 @@ decides the speed of these loops), once per source, compiler, flags and CPU mode
 ``<cache>/native/<hash>/kernels.so`` (``<cache>`` is ``$XDG_CACHE_HOME/robustbench-norm`` or
 ``~/.cache/robustbench-norm``). The library is written under a temporary name and renamed, so parallel
 processes never load half a file. A failed build warns once and falls back to the ATen path.
-``-ffp-contract=fast`` lets the compiler fuse multiply-adds and ``-fno-math-errno`` lets it vectorise sqrt
-and rounding (no errno to set); no other reassociation (no ``-ffast-math``): sums run in SIMD lanes only where
-a loop says so (``omp simd reduction``).
+``-ffp-contract=fast`` lets the compiler fuse multiply-adds, ``-fno-math-errno`` lets it vectorise sqrt and
+rounding (no errno to set) and ``-fno-trapping-math`` lets it turn comparisons of floats into selects, so that
+loops with a clamp vectorise (no floating-point exception is ever trapped); no other reassociation (no
+``-ffast-math``): sums run in SIMD lanes only where a loop says so (``omp simd reduction``).
 """
 
 from __future__ import annotations
@@ -32,8 +33,8 @@ from pathlib import Path
 import torch
 
 SOURCE = Path(__file__).with_name("kernels.c")
-FLAGS = ("-O3", "-march=native", "-ffp-contract=fast", "-fno-math-errno", "-funroll-loops", "-fopenmp-simd",
-         "-std=c11", "-shared", "-fPIC")
+FLAGS = ("-O3", "-march=native", "-ffp-contract=fast", "-fno-math-errno", "-fno-trapping-math", "-funroll-loops",
+         "-fopenmp-simd", "-std=c11", "-shared", "-fPIC")
 DISABLE_VARIABLE = "ROBUSTBENCH_NORM_NATIVE"
 _SUFFIX = {torch.float32: "f32", torch.float64: "f64"}
 
