@@ -11,8 +11,7 @@
  *   dx[n, c, p] = rstd[n, p] * (g - mean_c g - x_hat * mean_c(g * x_hat))
  *   dw[c] = sum_{n, p} dy * x_hat,   db[c] = sum_{n, p} dy
  *
- * (dw and db are summed in BLOCK lanes per channel, then the lanes in double; the backward returns 1 when
- * it cannot allocate those lanes, 0 otherwise.)
+ * (dw and db: each channel's sum over a block in SIMD lanes, added into a double per channel.)
  *
  * Both walk one sample at a time in blocks of BLOCK positions, so the C x BLOCK values a block reads three
  * times stay in the cache: each pass over the tensor reads x (and dy) from memory about once. The inner
@@ -63,59 +62,45 @@
         return 0;                                                                                             \
     }                                                                                                         \
                                                                                                               \
-    int positional_norm_backward_##SUFFIX(const T *dy, const T *x, const T *w, const T *mean, const T *rstd,  \
-                                          T *dx, double *dw, double *db, long n, long c, long p) {            \
-        T sum_g[BLOCK], sum_gx[BLOCK];                                                                        \
-        T *dw_lanes = calloc((size_t)(c * BLOCK), sizeof(T)), *db_lanes = calloc((size_t)(c * BLOCK), sizeof(T)); \
-        if (!dw_lanes || !db_lanes) {                                                                         \
-            free(dw_lanes);                                                                                   \
-            free(db_lanes);                                                                                   \
-            return 1;                                                                                         \
-        }                                                                                                     \
-        for (long i = 0; i < n; ++i) {                                                                        \
-            const T *dys = dy + i * c * p, *xs = x + i * c * p;                                               \
-            T *dxs = dx + i * c * p;                                                                          \
-            for (long p0 = 0; p0 < p; p0 += BLOCK) {                                                          \
-                long m = p - p0 < BLOCK ? p - p0 : BLOCK;                                                     \
-                const T *mu = mean + i * p + p0, *rs = rstd + i * p + p0;                                     \
-                for (long j = 0; j < m; ++j) sum_g[j] = sum_gx[j] = 0;                                        \
-                for (long k = 0; k < c; ++k) {                                                                \
-                    const T *gr = dys + k * p + p0, *xr = xs + k * p + p0;                                    \
-                    T wk = w[k], *dwl = dw_lanes + k * BLOCK, *dbl = db_lanes + k * BLOCK;                    \
-                    for (long j = 0; j < m; ++j) {                                                            \
-                        T x_hat = (xr[j] - mu[j]) * rs[j];                                                    \
-                        sum_g[j] += gr[j] * wk;                                                               \
-                        sum_gx[j] += gr[j] * wk * x_hat;                                                      \
-                        dwl[j] += gr[j] * x_hat;                                                              \
-                        dbl[j] += gr[j];                                                                      \
-                    }                                                                                         \
-                }                                                                                             \
-                for (long j = 0; j < m; ++j) {                                                                \
-                    sum_g[j] /= (T)c;                                                                         \
-                    sum_gx[j] /= (T)c;                                                                        \
-                }                                                                                             \
-                for (long k = 0; k < c; ++k) {                                                                \
-                    const T *gr = dys + k * p + p0, *xr = xs + k * p + p0;                                    \
-                    T *out = dxs + k * p + p0, wk = w[k];                                                     \
-                    for (long j = 0; j < m; ++j) {                                                            \
-                        T x_hat = (xr[j] - mu[j]) * rs[j];                                                    \
-                        out[j] = rs[j] * (gr[j] * wk - sum_g[j] - x_hat * sum_gx[j]);                         \
-                    }                                                                                         \
-                }                                                                                             \
-            }                                                                                                 \
-        }                                                                                                     \
-        for (long k = 0; k < c; ++k) {                                                                        \
-            double dw_k = 0, db_k = 0;                                                                        \
-            for (long j = 0; j < BLOCK; ++j) {                                                                \
-                dw_k += dw_lanes[k * BLOCK + j];                                                              \
-                db_k += db_lanes[k * BLOCK + j];                                                              \
-            }                                                                                                 \
-            dw[k] = dw_k;                                                                                     \
-            db[k] = db_k;                                                                                     \
-        }                                                                                                     \
-        free(dw_lanes);                                                                                       \
-        free(db_lanes);                                                                                       \
-        return 0;                                                                                             \
+    int positional_norm_backward_##SUFFIX(const T *dy, const T *x, const T *w, const T *mean, const T *rstd,   \
+                                          T *dx, double *dw, double *db, long n, long c, long p) {             \
+        T sum_g[BLOCK], sum_gx[BLOCK];                                                                         \
+        for (long k = 0; k < c; ++k) dw[k] = db[k] = 0;                                                        \
+        for (long i = 0; i < n; ++i) {                                                                         \
+            const T *dys = dy + i * c * p, *xs = x + i * c * p;                                                \
+            T *dxs = dx + i * c * p;                                                                           \
+            for (long p0 = 0; p0 < p; p0 += BLOCK) {                                                           \
+                long m = p - p0 < BLOCK ? p - p0 : BLOCK;                                                      \
+                const T *mu = mean + i * p + p0, *rs = rstd + i * p + p0;                                      \
+                for (long j = 0; j < m; ++j) sum_g[j] = sum_gx[j] = 0;                                         \
+                for (long k = 0; k < c; ++k) {                                                                 \
+                    const T *gr = dys + k * p + p0, *xr = xs + k * p + p0;                                     \
+                    T wk = w[k], dw_k = 0, db_k = 0;                                                           \
+                    _Pragma("omp simd reduction(+ : dw_k, db_k)") for (long j = 0; j < m; ++j) {               \
+                        T x_hat = (xr[j] - mu[j]) * rs[j];                                                     \
+                        sum_g[j] += gr[j] * wk;                                                                \
+                        sum_gx[j] += gr[j] * wk * x_hat;                                                       \
+                        dw_k += gr[j] * x_hat;                                                                 \
+                        db_k += gr[j];                                                                         \
+                    }                                                                                          \
+                    dw[k] += dw_k;                                                                             \
+                    db[k] += db_k;                                                                             \
+                }                                                                                              \
+                for (long j = 0; j < m; ++j) {                                                                 \
+                    sum_g[j] /= (T)c;                                                                          \
+                    sum_gx[j] /= (T)c;                                                                         \
+                }                                                                                              \
+                for (long k = 0; k < c; ++k) {                                                                 \
+                    const T *gr = dys + k * p + p0, *xr = xs + k * p + p0;                                     \
+                    T *out = dxs + k * p + p0, wk = w[k];                                                      \
+                    for (long j = 0; j < m; ++j) {                                                             \
+                        T x_hat = (xr[j] - mu[j]) * rs[j];                                                     \
+                        out[j] = rs[j] * (gr[j] * wk - sum_g[j] - x_hat * sum_gx[j]);                          \
+                    }                                                                                          \
+                }                                                                                              \
+            }                                                                                                  \
+        }                                                                                                      \
+        return 0;                                                                                              \
     }
 
 DEFINE_POSITIONAL_NORM(float, f32, sqrtf)
