@@ -49,15 +49,25 @@ O(N D M) for the auto-encoder; 3 D M + 2 C parameters.
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.function import once_differentiable
 
-from robustbench_norm.norms.instance_affine import instance_affine
+from robustbench_norm.norms import native
+from robustbench_norm.norms.instance_affine import (
+    instance_affine,
+    native_affine,
+    native_grad_sums,
+    native_input_grad,
+    native_moments,
+)
 from robustbench_norm.norms.registry import register_norm
 
 PAPER = "Jia et al., Instance-Level Meta Normalization, CVPR 2019"
+_COMPUTE_DTYPES = (torch.float32, torch.float64)
 
 
 class _ILMNorm(nn.Module):
@@ -106,7 +116,18 @@ class _ILMNorm(nn.Module):
             self.encoder.weight, self.weight_decoder.weight, self.bias_decoder.weight, self.weight, self.bias
         )
         count = x.shape[2] * x.shape[3]
+        if x.shape[0] and count and x.dtype in _COMPUTE_DTYPES:
+            xc = x.contiguous()
+            cast = tuple(p.to(x.dtype).contiguous() for p in params)
+            if (library := native.kernels(xc, *cast)) is not None:
+                return _FusedILM.apply(xc, library, self._setup(count), *cast)
         return instance_affine(x, functools.partial(self._head, count), *params)[0]
+
+    def _setup(self, count: int) -> tuple[int, int, int, int, float]:
+        """(count, key_group_size, channels per standardisation group, encoder width, eps): the head kernels'
+        arguments."""
+        return (count, self.key_group_size, self.num_features // self.num_groups, self.encoder.weight.shape[0],
+                self.eps)
 
     def _head(
         self,
@@ -196,6 +217,47 @@ class ILMLayerNorm(_ILMNorm):
     ) -> None:
         _check_num_features(num_features)
         super().__init__(num_features, 1, key_group_size=key_group_size, reduction=reduction, eps=eps)
+
+
+class _FusedILM(torch.autograd.Function):
+    """ILM Norm on the CPU kernels: the instance moments (N, C), the head of steps 1-6 on them
+    (``ilm_head_forward`` / ``ilm_head_backward`` in ``kernels.c``: the same function as :meth:`_ILMNorm._head`,
+    with its backward written out, in double), then ``y = (x - m) * scale + offset``; a handful of calls
+    instead of the head's tens of small ATen ops and their autograd graph."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, library: Any, setup: tuple[int, int, int, int, float],
+                *params: torch.Tensor) -> torch.Tensor:
+        count, key_size, per_group, width, eps = setup
+        n, c = x.shape[:2]
+        groups, keys = c // per_group, c // key_size
+        mean, var = native_moments(library, x)
+        scale, offset = mean.new_empty(n, c), mean.new_empty(n, c)
+        cache = torch.empty(n, 4 * keys + 2 * width + 2 * groups, dtype=torch.float64)
+        native.call(library, "ilm_head_forward", x.dtype, mean, var, *params, scale, offset, cache, n, c, count,
+                    key_size, per_group, width, eps)
+        ctx.library, ctx.setup = library, setup
+        ctx.save_for_backward(x, mean, scale, cache, *params[:4])
+        return native_affine(library, x, mean, scale, offset)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad_y: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        x, mean, scale, cache, *params = ctx.saved_tensors
+        count, key_size, per_group, width, _ = ctx.setup
+        n, c = mean.shape
+        grad_y = grad_y.contiguous()
+        grad_sum, grad_centred = native_grad_sums(ctx.library, grad_y, x, mean)
+        grad_mean, grad_var = mean.new_empty(n, c), mean.new_empty(n, c)
+        grad_params = [torch.zeros(p.shape, dtype=torch.float64) for p in params] + [torch.zeros(c, dtype=torch.float64)]
+        if native.call(ctx.library, "ilm_head_backward", x.dtype, mean, *params, cache, grad_centred, grad_sum,
+                       grad_mean, grad_var, *grad_params, n, c, count, key_size, per_group, width):
+            raise MemoryError("ilm_head_backward could not allocate its work space")
+        grad_x = None
+        if ctx.needs_input_grad[0]:
+            grad_x = native_input_grad(ctx.library, grad_y, x, mean, scale, grad_sum, grad_mean, grad_var)
+        grad_params = [g.to(x.dtype) if need else None for g, need in zip(grad_params, ctx.needs_input_grad[3:])]
+        return (grad_x, None, None, *grad_params)
 
 
 def _pooled_moments(

@@ -13,64 +13,78 @@
  *
  * (dw and db: each channel's sum over a block in SIMD lanes, added into a double per channel.)
  *
- * Both walk one sample at a time in blocks of BLOCK positions, so the C x BLOCK values a block reads three
- * times stay in the cache: each pass over the tensor reads x (and dy) from memory about once. The inner
- * loops run over positions, which are independent, so the compiler vectorises them without reassociating
- * any sum. Every kernel exists for float and double (suffixes _f32, _f64).
+ * Both walk one sample at a time in blocks of positions whose C rows fill about BLOCK_BYTES, so the values a
+ * block reads two or three times stay in the cache: each pass over the tensor reads x (and dy) from memory
+ * about once. The inner loops run over positions, which are independent, so the compiler vectorises them
+ * without reassociating any sum. The forward and the backward return 1 when they cannot allocate their
+ * block's statistics, 0 otherwise. Every kernel exists for float and double (suffixes _f32, _f64).
  */
 #include <math.h>
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
-#define BLOCK 256
+/* Positions per block: the block's C rows fill about BLOCK_BYTES (half of a 512 KB L2 cache), so that they
+ * stay in the cache between passes and each row is a long contiguous run (the hardware prefetcher follows
+ * it); at least 16, at most the map. */
+#define BLOCK_BYTES (256 * 1024)
+static long positional_block(long c, size_t size, long p) {
+    long block = (long)(BLOCK_BYTES / ((size_t)c * size)) / 16 * 16;
+    block = block < 16 ? 16 : block;
+    return block < p ? block : p;
+}
 
-#define DEFINE_POSITIONAL_NORM(T, SUFFIX, SQRT)                                                               \
+#define DEFINE_POSITIONAL_NORM(T, SUFFIX, SQRT)                                                                \
     int positional_norm_forward_##SUFFIX(const T *x, const T *w, const T *b, T *y, T *mean_out, T *rstd_out,   \
                                          long n, long c, long p, double eps) {                                 \
-        T mean[BLOCK], rstd[BLOCK];                                                                           \
-        for (long i = 0; i < n; ++i) {                                                                        \
-            const T *xs = x + i * c * p;                                                                      \
-            T *ys = y + i * c * p;                                                                            \
-            for (long p0 = 0; p0 < p; p0 += BLOCK) {                                                          \
-                long m = p - p0 < BLOCK ? p - p0 : BLOCK;                                                     \
-                for (long j = 0; j < m; ++j) mean[j] = rstd[j] = 0;                                           \
-                for (long k = 0; k < c; ++k) {                                                                \
-                    const T *row = xs + k * p + p0;                                                           \
-                    for (long j = 0; j < m; ++j) mean[j] += row[j];                                           \
-                }                                                                                             \
-                for (long j = 0; j < m; ++j) mean[j] /= (T)c;                                                 \
-                for (long k = 0; k < c; ++k) {                                                                \
-                    const T *row = xs + k * p + p0;                                                           \
-                    for (long j = 0; j < m; ++j) {                                                            \
-                        T d = row[j] - mean[j];                                                               \
-                        rstd[j] += d * d;                                                                     \
-                    }                                                                                         \
-                }                                                                                             \
-                for (long j = 0; j < m; ++j) rstd[j] = (T)1 / SQRT(rstd[j] / (T)c + (T)eps);                  \
-                for (long k = 0; k < c; ++k) {                                                                \
-                    const T *row = xs + k * p + p0;                                                           \
-                    T *out = ys + k * p + p0, wk = w[k], bk = b[k];                                           \
-                    for (long j = 0; j < m; ++j) out[j] = (row[j] - mean[j]) * rstd[j] * wk + bk;             \
-                }                                                                                             \
-                for (long j = 0; j < m; ++j) {                                                                \
-                    mean_out[i * p + p0 + j] = mean[j];                                                       \
-                    rstd_out[i * p + p0 + j] = rstd[j];                                                       \
-                }                                                                                             \
-            }                                                                                                 \
-        }                                                                                                     \
-        return 0;                                                                                             \
-    }                                                                                                         \
-                                                                                                              \
+        long block = positional_block(c, sizeof(T), p);                                                        \
+        T *mean = malloc(sizeof(T) * (size_t)(2 * block)), *rstd = mean + block;                               \
+        if (!mean) return 1;                                                                                   \
+        for (long i = 0; i < n; ++i) {                                                                         \
+            const T *xs = x + i * c * p;                                                                       \
+            T *ys = y + i * c * p;                                                                             \
+            for (long p0 = 0; p0 < p; p0 += block) {                                                           \
+                long m = p - p0 < block ? p - p0 : block;                                                      \
+                for (long j = 0; j < m; ++j) mean[j] = rstd[j] = 0;                                            \
+                for (long k = 0; k < c; ++k) {                                                                 \
+                    const T *row = xs + k * p + p0;                                                            \
+                    for (long j = 0; j < m; ++j) mean[j] += row[j];                                            \
+                }                                                                                              \
+                for (long j = 0; j < m; ++j) mean[j] /= (T)c;                                                  \
+                for (long k = 0; k < c; ++k) {                                                                 \
+                    const T *row = xs + k * p + p0;                                                            \
+                    for (long j = 0; j < m; ++j) {                                                             \
+                        T d = row[j] - mean[j];                                                                \
+                        rstd[j] += d * d;                                                                      \
+                    }                                                                                          \
+                }                                                                                              \
+                for (long j = 0; j < m; ++j) rstd[j] = (T)1 / SQRT(rstd[j] / (T)c + (T)eps);                   \
+                for (long k = 0; k < c; ++k) {                                                                 \
+                    const T *row = xs + k * p + p0;                                                            \
+                    T *out = ys + k * p + p0, wk = w[k], bk = b[k];                                            \
+                    for (long j = 0; j < m; ++j) out[j] = (row[j] - mean[j]) * rstd[j] * wk + bk;              \
+                }                                                                                              \
+                for (long j = 0; j < m; ++j) {                                                                 \
+                    mean_out[i * p + p0 + j] = mean[j];                                                        \
+                    rstd_out[i * p + p0 + j] = rstd[j];                                                        \
+                }                                                                                              \
+            }                                                                                                  \
+        }                                                                                                      \
+        free(mean);                                                                                            \
+        return 0;                                                                                              \
+    }                                                                                                          \
+                                                                                                               \
     int positional_norm_backward_##SUFFIX(const T *dy, const T *x, const T *w, const T *mean, const T *rstd,   \
                                           T *dx, double *dw, double *db, long n, long c, long p) {             \
-        T sum_g[BLOCK], sum_gx[BLOCK];                                                                         \
+        long block = positional_block(c, sizeof(T), p);                                                        \
+        T *sum_g = malloc(sizeof(T) * (size_t)(2 * block)), *sum_gx = sum_g + block;                           \
+        if (!sum_g) return 1;                                                                                  \
         for (long k = 0; k < c; ++k) dw[k] = db[k] = 0;                                                        \
         for (long i = 0; i < n; ++i) {                                                                         \
             const T *dys = dy + i * c * p, *xs = x + i * c * p;                                                \
             T *dxs = dx + i * c * p;                                                                           \
-            for (long p0 = 0; p0 < p; p0 += BLOCK) {                                                           \
-                long m = p - p0 < BLOCK ? p - p0 : BLOCK;                                                      \
+            for (long p0 = 0; p0 < p; p0 += block) {                                                           \
+                long m = p - p0 < block ? p - p0 : block;                                                      \
                 const T *mu = mean + i * p + p0, *rs = rstd + i * p + p0;                                      \
                 for (long j = 0; j < m; ++j) sum_g[j] = sum_gx[j] = 0;                                         \
                 for (long k = 0; k < c; ++k) {                                                                 \
@@ -100,6 +114,7 @@
                 }                                                                                              \
             }                                                                                                  \
         }                                                                                                      \
+        free(sum_g);                                                                                           \
         return 0;                                                                                              \
     }
 
@@ -167,6 +182,166 @@ DEFINE_POSITIONAL_NORM(double, f64, sqrt)
 
 DEFINE_ROW_KERNELS(float, f32)
 DEFINE_ROW_KERNELS(double, f64)
+
+/* The head of ILM Norm (robustbench_norm/norms/ilm.py, steps 1-6) on the instance moments m, v (N, C) of one
+ * batch: (scale, offset) per (n, c), y = (x - m) * scale + offset; and its backward. Per sample, with key
+ * groups k of ks channels, standardisation groups g of pg channels, u(n) = n / max(n - 1, 1) over `count`
+ * values per channel:
+ *
+ *   mk = mean_{c in k} m_c,  vk = u(ks count) mean_{c in k} (v_c + (m_c - mk)^2)       (likewise mg, vg)
+ *   hm = W1 mk, hs = W1 vk,  gam = sigmoid(Wg relu(hs)),  bet = tanh(Wb relu(hm))      (W1: M x D, Wg, Wb: D x M)
+ *   scale_c = (gam_k(c) + weight_c) / sqrt(vg(c) + eps),  offset_c = bet_k(c) + bias_c + (m_c - mg(c)) scale_c
+ *
+ * The forward keeps per sample (mk, vk, hm, hs, bet, gam, mg, rstd_g) in cache (4 D + 2 M + 2 G values) for
+ * the backward, which takes dL/dscale and dL/doffset and returns dL/dm and dL/dv (N, C) and the parameter
+ * gradients, summed over the batch into grad_w1 (M x D), grad_wg, grad_wb (D x M), grad_weight, grad_bias
+ * (C), all in double; the chain rule of each step above in reverse. All math in double. */
+#define DEFINE_ILM_HEAD(T, SUFFIX)                                                                             \
+    /* Mean and unbiased variance (u = n / max(n - 1, 1)) of `groups` groups of `size` consecutive channels,   \
+     * from the channels' means m and biased variances v (law of total variance). */                           \
+    static void pooled_moments_##SUFFIX(const T *m, const T *v, long groups, long size, double u, double *mean, \
+                                        double *var) {                                                         \
+        for (long g = 0; g < groups; ++g) {                                                                    \
+            double sum = 0, biased = 0;                                                                        \
+            for (long j = 0; j < size; ++j) sum += (double)m[g * size + j];                                    \
+            double mu = sum / (double)size;                                                                    \
+            for (long j = 0; j < size; ++j) {                                                                  \
+                double centred = (double)m[g * size + j] - mu;                                                 \
+                biased += (double)v[g * size + j] + centred * centred;                                         \
+            }                                                                                                  \
+            mean[g] = mu;                                                                                      \
+            var[g] = biased / (double)size * u;                                                                \
+        }                                                                                                      \
+    }                                                                                                          \
+                                                                                                               \
+    /* Adds into dm, dv (per channel) the gradient of pooled_moments from d_mean, d_var (per group). */        \
+    static void pooled_moments_backward_##SUFFIX(const T *m, const double *mean, const double *d_mean,         \
+                                                 const double *d_var, long groups, long size, double u,        \
+                                                 double *dm, double *dv) {                                     \
+        for (long g = 0; g < groups; ++g) {                                                                    \
+            double d_each = d_var[g] * u / (double)size, centred_sum = 0;                                      \
+            for (long j = 0; j < size; ++j) {                                                                  \
+                double centred = (double)m[g * size + j] - mean[g];                                            \
+                dv[g * size + j] += d_each;                                                                    \
+                dm[g * size + j] += 2 * d_each * centred;                                                      \
+                centred_sum += centred;                                                                        \
+            }                                                                                                  \
+            double d_mu = (d_mean[g] - 2 * d_each * centred_sum) / (double)size;                               \
+            for (long j = 0; j < size; ++j) dm[g * size + j] += d_mu;                                          \
+        }                                                                                                      \
+    }                                                                                                          \
+                                                                                                               \
+    int ilm_head_forward_##SUFFIX(const T *m, const T *v, const T *w1, const T *wg, const T *wb,               \
+                                  const T *weight, const T *bias, T *scale, T *offset, double *cache, long n,  \
+                                  long c, long count, long ks, long pg, long M, double eps) {                  \
+        long D = c / ks, G = c / pg, stride = 4 * D + 2 * M + 2 * G;                                           \
+        double uk = (double)(ks * count) / (double)(ks * count > 1 ? ks * count - 1 : 1);                      \
+        double ug = (double)(pg * count) / (double)(pg * count > 1 ? pg * count - 1 : 1);                      \
+        for (long i = 0; i < n; ++i) {                                                                         \
+            const T *mi = m + i * c, *vi = v + i * c;                                                          \
+            double *mk = cache + i * stride, *vk = mk + D, *hm = vk + D, *hs = hm + M, *bet = hs + M;          \
+            double *gam = bet + D, *mg = gam + D, *rg = mg + G;                                                \
+            pooled_moments_##SUFFIX(mi, vi, D, ks, uk, mk, vk);                                                \
+            pooled_moments_##SUFFIX(mi, vi, G, pg, ug, mg, rg);                                                \
+            for (long g = 0; g < G; ++g) rg[g] = 1.0 / sqrt(rg[g] + eps);                                      \
+            for (long j = 0; j < M; ++j) {                                                                     \
+                double sm = 0, sv = 0;                                                                         \
+                for (long d = 0; d < D; ++d) {                                                                 \
+                    sm += (double)w1[j * D + d] * mk[d];                                                       \
+                    sv += (double)w1[j * D + d] * vk[d];                                                       \
+                }                                                                                              \
+                hm[j] = sm;                                                                                    \
+                hs[j] = sv;                                                                                    \
+            }                                                                                                  \
+            for (long d = 0; d < D; ++d) {                                                                     \
+                double zb = 0, zg = 0;                                                                         \
+                for (long j = 0; j < M; ++j) {                                                                 \
+                    zb += (double)wb[d * M + j] * (hm[j] > 0 ? hm[j] : 0);                                     \
+                    zg += (double)wg[d * M + j] * (hs[j] > 0 ? hs[j] : 0);                                     \
+                }                                                                                              \
+                bet[d] = tanh(zb);                                                                             \
+                gam[d] = 1.0 / (1.0 + exp(-zg));                                                               \
+            }                                                                                                  \
+            for (long ch = 0; ch < c; ++ch) {                                                                  \
+                long k = ch / ks, g = ch / pg;                                                                 \
+                double s = (gam[k] + (double)weight[ch]) * rg[g];                                              \
+                scale[i * c + ch] = (T)s;                                                                      \
+                offset[i * c + ch] = (T)(bet[k] + (double)bias[ch] + ((double)mi[ch] - mg[g]) * s);            \
+            }                                                                                                  \
+        }                                                                                                      \
+        return 0;                                                                                              \
+    }                                                                                                          \
+                                                                                                               \
+    int ilm_head_backward_##SUFFIX(const T *m, const T *w1, const T *wg, const T *wb,                          \
+                                   const T *weight, const double *cache, const T *grad_scale,                  \
+                                   const T *grad_offset, T *grad_m, T *grad_v, double *grad_w1, double *grad_wg, \
+                                   double *grad_wb, double *grad_weight, double *grad_bias, long n, long c,    \
+                                   long count, long ks, long pg, long M) {                                     \
+        long D = c / ks, G = c / pg, stride = 4 * D + 2 * M + 2 * G;                                           \
+        double uk = (double)(ks * count) / (double)(ks * count > 1 ? ks * count - 1 : 1);                      \
+        double ug = (double)(pg * count) / (double)(pg * count > 1 ? pg * count - 1 : 1);                      \
+        double *work = malloc(sizeof(double) * (size_t)(4 * D + 2 * M + 2 * G + 2 * c));                       \
+        if (!work) return 1;                                                                                   \
+        double *d_bet = work, *d_gam = d_bet + D, *d_mk = d_gam + D, *d_vk = d_mk + D, *d_hm = d_vk + D;       \
+        double *d_hs = d_hm + M, *d_mg = d_hs + M, *d_vg = d_mg + G, *dm = d_vg + G, *dv = dm + c;             \
+        for (long i = 0; i < n; ++i) {                                                                         \
+            const T *mi = m + i * c, *gs = grad_scale + i * c, *go = grad_offset + i * c;                      \
+            const double *mk = cache + i * stride, *vk = mk + D, *hm = vk + D, *hs = hm + M, *bet = hs + M;    \
+            const double *gam = bet + D, *mg = gam + D, *rg = mg + G;                                          \
+            for (long d = 0; d < D; ++d) d_bet[d] = d_gam[d] = 0;                                              \
+            for (long g = 0; g < G; ++g) d_mg[g] = d_vg[g] = 0;                                                \
+            for (long ch = 0; ch < c; ++ch) {                                                                  \
+                long k = ch / ks, g = ch / pg;                                                                 \
+                double gamma = gam[k] + (double)weight[ch], s = gamma * rg[g], centred = (double)mi[ch] - mg[g]; \
+                double d_s = (double)gs[ch] + (double)go[ch] * centred, d_gamma = d_s * rg[g];                 \
+                dm[ch] = (double)go[ch] * s;                                                                   \
+                dv[ch] = 0;                                                                                    \
+                d_mg[g] -= (double)go[ch] * s;                                                                 \
+                d_vg[g] += d_s * gamma; /* d rstd_g, turned into d vg below */                                 \
+                d_bet[k] += (double)go[ch];                                                                    \
+                d_gam[k] += d_gamma;                                                                           \
+                grad_bias[ch] += (double)go[ch];                                                               \
+                grad_weight[ch] += d_gamma;                                                                    \
+            }                                                                                                  \
+            for (long g = 0; g < G; ++g) d_vg[g] *= -0.5 * rg[g] * rg[g] * rg[g];                              \
+            pooled_moments_backward_##SUFFIX(mi, mg, d_mg, d_vg, G, pg, ug, dm, dv);                           \
+            for (long d = 0; d < D; ++d) {                                                                     \
+                d_bet[d] *= 1 - bet[d] * bet[d];  /* now d z_beta */                                           \
+                d_gam[d] *= gam[d] * (1 - gam[d]); /* now d z_gamma */                                         \
+            }                                                                                                  \
+            for (long j = 0; j < M; ++j) {                                                                     \
+                double em = hm[j] > 0 ? hm[j] : 0, es = hs[j] > 0 ? hs[j] : 0, sm = 0, ss = 0;                 \
+                for (long d = 0; d < D; ++d) {                                                                 \
+                    grad_wb[d * M + j] += d_bet[d] * em;                                                       \
+                    grad_wg[d * M + j] += d_gam[d] * es;                                                       \
+                    sm += (double)wb[d * M + j] * d_bet[d];                                                    \
+                    ss += (double)wg[d * M + j] * d_gam[d];                                                    \
+                }                                                                                              \
+                d_hm[j] = hm[j] > 0 ? sm : 0;                                                                  \
+                d_hs[j] = hs[j] > 0 ? ss : 0;                                                                  \
+            }                                                                                                  \
+            for (long d = 0; d < D; ++d) {                                                                     \
+                double sm = 0, sv = 0;                                                                         \
+                for (long j = 0; j < M; ++j) {                                                                 \
+                    grad_w1[j * D + d] += d_hm[j] * mk[d] + d_hs[j] * vk[d];                                   \
+                    sm += (double)w1[j * D + d] * d_hm[j];                                                     \
+                    sv += (double)w1[j * D + d] * d_hs[j];                                                     \
+                }                                                                                              \
+                d_mk[d] = sm;                                                                                  \
+                d_vk[d] = sv;                                                                                  \
+            }                                                                                                  \
+            pooled_moments_backward_##SUFFIX(mi, mk, d_mk, d_vk, D, ks, uk, dm, dv);                           \
+            for (long ch = 0; ch < c; ++ch) {                                                                  \
+                grad_m[i * c + ch] = (T)dm[ch];                                                                \
+                grad_v[i * c + ch] = (T)dv[ch];                                                                \
+            }                                                                                                  \
+        }                                                                                                      \
+        free(work);                                                                                            \
+        return 0;                                                                                              \
+    }
+
+DEFINE_ILM_HEAD(float, f32)
+DEFINE_ILM_HEAD(double, f64)
 
 /* Local Context Normalization (robustbench_norm/norms/lcn.py) over x (N, C, H, W), contiguous, in G groups of
  * g = C / G channels, with the clamped P x Q window of lcn.py: the window of pixel r starts at

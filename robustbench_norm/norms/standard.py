@@ -332,8 +332,9 @@ class _PositionalNormFunction(torch.autograd.Function):
         if ctx.library is not None:
             n, c, positions = x.shape[0], x.shape[1], x.shape[2] * x.shape[3]
             y, mean, rstd = torch.empty_like(x), x.new_empty(n, positions), x.new_empty(n, positions)
-            native.call(ctx.library, "positional_norm_forward", x.dtype, x, weight, bias, y, mean, rstd,
-                        n, c, positions, float(eps))
+            if native.call(ctx.library, "positional_norm_forward", x.dtype, x, weight, bias, y, mean, rstd,
+                           n, c, positions, float(eps)):
+                raise MemoryError("positional_norm_forward could not allocate its block statistics")
             ctx.save_for_backward(x, mean, rstd, weight)
             return y
         x_hat = x - x.mean(1, keepdim=True)
@@ -366,7 +367,7 @@ def _positional_norm_native_backward(
     grad_weight, grad_bias = (torch.zeros(x.shape[1], dtype=torch.float64) for _ in range(2))
     if native.call(library, "positional_norm_backward", x.dtype, grad_y, x, weight, mean, rstd, grad_x,
                    grad_weight, grad_bias, x.shape[0], x.shape[1], x.shape[2] * x.shape[3]):
-        raise MemoryError("positional_norm_backward could not allocate its per-channel accumulators")
+        raise MemoryError("positional_norm_backward could not allocate its block sums")
     return grad_x, grad_weight.to(weight.dtype), grad_bias.to(weight.dtype)
 
 
