@@ -9,8 +9,8 @@
 * ``quick-net training step``: one SGD step of the quick net with each norm, ``vs_batchnorm`` the ratio to
   the BatchNorm net's step (what a user pays).
 
-Torch runs one thread for the duration of each test; best of 5 rounds after a warm-up; ratios use the
-best times of one session. ``benchmarks/layer_cost.py`` measures the same steps (all rows of a shape in
+Torch runs one thread for the duration of each test; best of ``ROUNDS`` rounds after a warm-up, with the
+steady heap of ``layer_cost.steady_heap``; ratios use the best times of one session. ``benchmarks/layer_cost.py`` measures the same steps (all rows of a shape in
 turn, each round) and writes ``docs/layer-cost.md``.
 
 Run: ``pytest benchmarks/bench_norms.py -p no:cacheprovider --benchmark-only`` (add ``-k "small"`` etc.).
@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 import torch
-from layer_cost import ROUNDS, SHAPES, entries, quick_net_step
+from layer_cost import ROUNDS, SHAPES, entries, quick_net_step, steady_heap
 
 from robustbench_norm.norms import get_norm, list_norms
 from robustbench_norm.norms.cost import BASE_NORM, cost_layer, count_ops, training_step
@@ -51,6 +51,12 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def heap():
+    """The steady heap of ``layer_cost.steady_heap`` for the benchmark session."""
+    steady_heap()
 
 
 def _record(benchmark: Any, group: str, label: str, base: str | None) -> None:

@@ -20,6 +20,7 @@ calls that REV has too) and runs this script there in a subprocess, so both colu
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import os
 import platform
@@ -41,7 +42,7 @@ from robustbench_norm.norms.cost import BASE_NORM, cost_layer, count_ops, traini
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "layer-cost.md"
-ROUNDS = 5
+ROUNDS = 10
 SHAPES: dict[str, tuple[int, int, int, int]] = {
     "small images": (64, 64, 32, 32),
     "large maps": (8, 64, 128, 128),
@@ -59,6 +60,8 @@ TARGETS = {
     "lcn": 3.0,
 }
 """Issue 14's ceiling on each layer's time over its base norm's (:data:`BASE_NORM`)."""
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+"""glibc's ``mallopt`` parameters (``malloc.h``)."""
 QUICK_NET = {"arch": "quick_cnn", "num_classes": 10, "in_channels": 1, "image_size": 28, "batch": 64}
 
 Entry = tuple[str, str, dict[str, Any]]  # (row label, registered name, kwargs)
@@ -162,8 +165,24 @@ def load_average() -> str:
         return "n/a"
 
 
+def steady_heap() -> str:
+    """Keeps freed blocks of up to 32 MB in the process's heap (glibc's ``mallopt``: no mmap per allocation,
+    no trimming back to the OS), so that every timed step reuses memory. Otherwise whether a step's fresh
+    16 MB tensors come from the heap or as new zeroed pages from the OS depends on the allocations before
+    it, and on this 2-core VM the page faults added 1-10 ms at random to single rows (a layer at 2x its base
+    in one run and 1.2x in the next). Applies to every row alike; larger tensors are mapped fresh in every
+    row. Returns how the heap was set (recorded in the results)."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        applied = libc.mallopt(M_MMAP_THRESHOLD, 32 << 20) == 1 and libc.mallopt(M_TRIM_THRESHOLD, 1 << 30) == 1
+    except (OSError, AttributeError):
+        applied = False
+    return "steady (glibc mallopt: mmap threshold 32 MB, no trimming)" if applied else "default"
+
+
 def measure(device: str, shape_labels: list[str], quick_net: bool) -> dict[str, Any]:
     """Every measurement of this process's ``robustbench_norm`` on ``device``."""
+    heap = steady_heap()
     if device == "cpu":
         torch.set_num_threads(1)
     names = list_norms()
@@ -174,6 +193,7 @@ def measure(device: str, shape_labels: list[str], quick_net: bool) -> dict[str, 
             "threads": torch.get_num_threads(),
             "load_before": load_average(),
             "rounds": ROUNDS,
+            "heap": heap,
         },
         "shapes": {label: measure_shape(label, names, device) for label in shape_labels},
     }
@@ -305,7 +325,8 @@ def run_section(title: str, after: dict[str, Any], before: dict[str, Any] | None
         "",
         f"## {title}",
         "",
-        f"{meta['device']}, torch {meta['torch']}, {meta['threads']} thread; load average (1, 5, 15 min) "
+        f"{meta['device']}, torch {meta['torch']}, {meta['threads']} thread, heap {meta.get('heap', 'default')}; "
+        f"load average (1, 5, 15 min) "
         f"{meta['load_before']} before and {meta['load_after']} after the run of this checkout.",
     ]
     if before:

@@ -39,8 +39,11 @@ Paper vs code (and our choices):
 Computation. The key-group and standardisation-group moments follow exactly from the (N, C) per-channel
 moments (law of total variance; unbiased by n / (n - 1) afterwards), so steps 1-6 run as one fused instance
 standardisation plus an affine map per (n, c), with the auto-encoder on (N, C)-sized tensors
-(:func:`robustbench_norm.norms.instance_affine.instance_affine`, written-out backward). An empty batch
-gives an empty output.
+(:func:`robustbench_norm.norms.instance_affine.instance_affine`, written-out backward). On the CPU
+(contiguous float32 / float64) the head and its backward are C kernels too (``ilm_head_forward`` /
+``ilm_head_backward`` in ``kernels.c``, in double; :class:`_FusedILM`), so a training step is a handful of
+calls rather than the head's tens of small ops and their autograd graph. An empty batch gives an empty
+output.
 
 Shapes: input and output (N, C, H, W). Cost: O(N C H W) for the statistics and the output, plus
 O(N D M) for the auto-encoder; 3 D M + 2 C parameters.
@@ -249,15 +252,17 @@ class _FusedILM(torch.autograd.Function):
         grad_y = grad_y.contiguous()
         grad_sum, grad_centred = native_grad_sums(ctx.library, grad_y, x, mean)
         grad_mean, grad_var = mean.new_empty(n, c), mean.new_empty(n, c)
-        grad_params = [torch.zeros(p.shape, dtype=torch.float64) for p in params] + [torch.zeros(c, dtype=torch.float64)]
+        shapes = [p.shape for p in params] + [torch.Size([c])]  # encoder, decoders, weight; bias
+        sums = torch.zeros(sum(s.numel() for s in shapes), dtype=torch.float64)  # the parameter gradients
+        slots = sums.split([s.numel() for s in shapes])
         if native.call(ctx.library, "ilm_head_backward", x.dtype, mean, *params, cache, grad_centred, grad_sum,
-                       grad_mean, grad_var, *grad_params, n, c, count, key_size, per_group, width):
+                       grad_mean, grad_var, *slots, n, c, count, key_size, per_group, width):
             raise MemoryError("ilm_head_backward could not allocate its work space")
         grad_x = None
         if ctx.needs_input_grad[0]:
             grad_x = native_input_grad(ctx.library, grad_y, x, mean, scale, grad_sum, grad_mean, grad_var)
-        grad_params = [g.to(x.dtype) if need else None for g, need in zip(grad_params, ctx.needs_input_grad[3:])]
-        return (grad_x, None, None, *grad_params)
+        grads = [g.view(s) for g, s in zip(sums.to(x.dtype).split([s.numel() for s in shapes]), shapes)]
+        return (grad_x, None, None, *(g if need else None for g, need in zip(grads, ctx.needs_input_grad[3:])))
 
 
 def _pooled_moments(
