@@ -344,79 +344,50 @@ DEFINE_ILM_HEAD(float, f32)
 DEFINE_ILM_HEAD(double, f64)
 
 /* Local Context Normalization (robustbench_norm/norms/lcn.py) over x (N, C, H, W), contiguous, in G groups of
- * g = C / G channels, with the clamped P x Q window of lcn.py: the window of pixel r starts at
- * clamp(r - bp, 0, H - P), bp = (P - 1) / 2, so the pixels of an axis share its L = H - P + 1 distinct windows.
- * The statistics are kept per window row: mean and rstd have shape (N, G, L_r, W), entry (s, j) that of the
+ * g = C / G channels, with the clamped P x Q window of lcn.py: the window of pixel r starts at clamp(r - bp,
+ * 0, H - P), bp = (P - 1) / 2, so the pixels of an axis share its L = H - P + 1 distinct windows. The
+ * statistics are kept per window row: mean and rstd have shape (N, G, L_r, W), entry (s, j) that of the
  * window of column j in window row s (the border columns repeat the edge windows).
  *
  * Forward, per sample and group, in the input dtype (as the ATen path): shift the group's values by their
  * mean c0 (a shift only: it is kept and used as it is, so its rounding does not matter); form the per-pixel
- * channel sums s1 of x - c0 and s2 of (x - c0)^2; sum them over the windows: down the rows by a running sum
- * for P > 8, directly for shorter windows (no rounding carries from row to row, where few values per window
- * can leave the variance a small fraction of their mean square); along the rows directly, in blocks of 8
- * for longer windows. Per window,
- * mu' = S1 / m (the mean minus c0) and rstd = 1 / sqrt(max(S2 / m - mu'^2, 0) + eps), m = g P Q; a 1 x 1
- * window takes its variance directly as sum_c (x_c - c0 - mu')^2 / g. Every pixel takes the statistics of its
- * window: y = (x - c0 - mu') * rstd * w + b.
+ * channel sums s1 of x - c0 and s2 of (x - c0)^2; sum them over the windows, one axis at a time: windows of
+ * up to 8 pixels along an axis directly (no rounding carries from window to window, where few values per
+ * window can leave the variance a small fraction of their mean square), longer ones by running sums (down the
+ * rows vectorised across the columns, along the rows eight rows at a time), whose rounding spans the window's
+ * axis, not the map. Per window, mu' = S1 / m (the mean minus c0) and rstd = 1 / sqrt(max(S2 / m - mu'^2, 0)
+ * + eps), m = g P Q; a 1 x 1 window takes its variance directly as sum_c (x_c - c0 - mu')^2 / g. Every pixel
+ * takes the statistics of its window: y = (x - c0 - mu') * rstd * w + b.
  *
  * Backward: per pixel i, a_i = rstd_i / m * sum_group g_hat and b_i = rstd_i^2 / m * sum_group g_hat * x_hat
  * (g_hat = dy * w). Pixel k needs the adjoint window sums, over the outputs whose windows contain k: the
  * outputs that share a window are first added into it (L_r x L_c sums); then pixel k adds the windows that
- * start at most Q - 1 columns (P - 1 rows) before it: the same window sums over the windows padded with
- * zeros, then a running sum down the rows. Then
+ * start at most Q - 1 columns (P - 1 rows) before it: the same window sums along the rows, over the windows
+ * padded with zeros, then a running sum down the rows. Then
  *   dx_k = g_hat_k * rstd_k - adj(a - b * mu')_k - (x_k - c0) * adj(b)_k,
  * and dw, db are summed in double. Every pass is one loop over the map or over a row (vectorised). Both
  * functions return 1 when they cannot allocate their per-map work space, 0 otherwise. */
 
-/* One case of direct_sums: K terms, to be stored (add = 0) or added (add = 1). */
-#define DIRECT_SUMS_CASE(T, K)                                                                                 \
+/* One case of window_sums: K terms. */
+#define WINDOW_SUMS_CASE(T, K)                                                                                 \
     case K:                                                                                                    \
-        if (add)                                                                                               \
-            for (long j = 0; j < count; ++j) {                                                                 \
-                T sum = out[j];                                                                                \
-                for (long t = 0; t < K; ++t) sum += m[j + t * stride];                                         \
-                out[j] = sum;                                                                                  \
-            }                                                                                                  \
-        else                                                                                                   \
-            for (long j = 0; j < count; ++j) {                                                                 \
-                T sum = m[j];                                                                                  \
-                for (long t = 1; t < K; ++t) sum += m[j + t * stride];                                         \
-                out[j] = sum;                                                                                  \
-            }                                                                                                  \
+        for (long j = 0; j < count; ++j) {                                                                     \
+            T sum = m[j];                                                                                      \
+            for (long t = 1; t < K; ++t) sum += m[j + t * stride];                                             \
+            out[j] = sum;                                                                                      \
+        }                                                                                                      \
         break;
 
 #define DEFINE_WINDOW_SUMS(T, SUFFIX)                                                                          \
-    /* out[j] (= or += as add says) = sum_{t < K} m[j + t * stride] for j < count, K = 1 .. 8: one pass, the   \
-     * terms added in registers (K is a constant in each case, so the loop over j is vectorised). */           \
-    static void direct_sums_##SUFFIX(const T *m, long count, long K, long stride, int add, T *out) {           \
+    /* out[j] = sum_{t < K} m[j + t * stride] for j < count, K = 1 .. 8 (the short windows): one pass, the     \
+     * terms added in registers (K is a constant in each case, so the loop over j is vectorised). With rows of \
+     * stride values stored one after the other, stride = 1 sums along the rows and stride = the row length    \
+     * down the columns; an output is exact to rounding wherever its window stays inside the map (elsewhere it \
+     * holds sums across rows or maps, which the caller ignores). */                                           \
+    static void window_sums_##SUFFIX(const T *m, long count, long K, long stride, T *out) {                    \
         switch (K) {                                                                                           \
-            DIRECT_SUMS_CASE(T, 1) DIRECT_SUMS_CASE(T, 2) DIRECT_SUMS_CASE(T, 3) DIRECT_SUMS_CASE(T, 4)        \
-            DIRECT_SUMS_CASE(T, 5) DIRECT_SUMS_CASE(T, 6) DIRECT_SUMS_CASE(T, 7) DIRECT_SUMS_CASE(T, 8)        \
-        }                                                                                                      \
-    }                                                                                                          \
-                                                                                                               \
-    /* out[j] = sum_{t < Q} m[j + t * stride] for j < total - (Q - 1) * stride. With rows of stride values stored \
-     * one after the other, stride = 1 sums along the rows and stride = the row length down the columns; out   \
-     * is exact to rounding wherever the window stays inside the map (elsewhere it holds sums across rows or   \
-     * maps, which the caller ignores). Q = 8 a + r: the last r terms are added directly, the first 8 a as a   \
-     * sums of blocks of 8 (formed in one pass), recursively, so an output adds about 8 log8 Q terms in        \
-     * ceil(log8 Q) + 1 passes, each one loop over all of m. m is read only; spare holds 2 * total values. */  \
-    static void window_sums_##SUFFIX(const T *m, long total, long Q, long stride, T *spare, T *out) {          \
-        long count = total - (Q - 1) * stride;                                                                 \
-        int add = 0;                                                                                           \
-        for (int turn = 0;; turn ^= 1) {                                                                       \
-            long blocks = Q > 8 ? Q / 8 : 0, rest = Q - 8 * blocks;                                            \
-            if (rest) {                                                                                        \
-                direct_sums_##SUFFIX(m + 8 * blocks * stride, count, rest, stride, add, out);                  \
-                add = 1;                                                                                       \
-            }                                                                                                  \
-            if (!blocks) return;                                                                               \
-            T *sums = spare + turn * total;                                                                    \
-            direct_sums_##SUFFIX(m, total - 7 * stride, 8, stride, 0, sums);                                   \
-            m = sums;                                                                                          \
-            total -= 7 * stride;                                                                               \
-            Q = blocks;                                                                                        \
-            stride *= 8;                                                                                       \
+            WINDOW_SUMS_CASE(T, 1) WINDOW_SUMS_CASE(T, 2) WINDOW_SUMS_CASE(T, 3) WINDOW_SUMS_CASE(T, 4)        \
+            WINDOW_SUMS_CASE(T, 5) WINDOW_SUMS_CASE(T, 6) WINDOW_SUMS_CASE(T, 7) WINDOW_SUMS_CASE(T, 8)        \
         }                                                                                                      \
     }                                                                                                          \
                                                                                                                \
@@ -527,12 +498,12 @@ DEFINE_WINDOW_SUMS(double, f64)
 
 #define DEFINE_LCN(T, SUFFIX, SQRT)                                                                            \
     /* The per-window mean (minus c0) and rstd of one sample and group into cm, cr (L_r x wd, border columns   \
-     * repeated), from the shifted values of its g channels at xg. work: 10 h wd values of scratch. */         \
+     * repeated), from the shifted values of its g channels at xg. work: 6 h wd values of scratch. */          \
     static void window_statistics_##SUFFIX(const T *xg, T c0, long g, long h, long wd, long P, long Q, double eps, \
                                            T *work, T *cm, T *cr) {                                            \
         long hw = h * wd, lr = h - P + 1, lc = wd - Q + 1, bq = (Q - 1) / 2;                                   \
         T inverse_m = (T)(1.0 / (double)(g * P * Q));                                                          \
-        T *s = work, *v = s + 2 * hw, *spare = v + 2 * hw, *u = spare + 4 * hw;                                \
+        T *s = work, *v = s + 2 * hw, *u = v + 2 * hw;                                                         \
         for (long p = 0; p < hw; ++p) {                                                                        \
             T d = xg[p] - c0;                                                                                  \
             s[p] = d;                                                                                          \
@@ -560,12 +531,14 @@ DEFINE_WINDOW_SUMS(double, f64)
             running_rows_##SUFFIX(s, wd, h, wd, P, P - 1, lr, v);                                              \
             running_rows_##SUFFIX(s + hw, wd, h, wd, P, P - 1, lr, v + hw);                                    \
         } else {                                                                                               \
-            window_sums_##SUFFIX(s, 2 * hw, P, wd, spare, v);                                                  \
+            window_sums_##SUFFIX(s, 2 * hw - (P - 1) * wd, P, wd, v);                                          \
         }                                                                                                      \
-        if (Q > 8)                                                                                             \
-            row_running_sums_##SUFFIX(v, lr, wd, Q, u), row_running_sums_##SUFFIX(v + hw, lr, wd, Q, u + hw);  \
-        else                                                                                                   \
-            window_sums_##SUFFIX(v, 2 * hw, Q, 1, spare, u);                                                   \
+        if (Q > 8) {                                                                                           \
+            row_running_sums_##SUFFIX(v, lr, wd, Q, u);                                                        \
+            row_running_sums_##SUFFIX(v + hw, lr, wd, Q, u + hw);                                              \
+        } else {                                                                                               \
+            window_sums_##SUFFIX(v, 2 * hw - (Q - 1), Q, 1, u);                                                \
+        }                                                                                                      \
         /* window (r, j) lands in column bq + j; the columns past the last window get values across rows,      \
          * which the border columns then overwrite */                                                          \
         for (long p = 0; p < lr * wd - bq; ++p) {                                                              \
@@ -589,9 +562,9 @@ DEFINE_WINDOW_SUMS(double, f64)
     int lcn_forward_##SUFFIX(const T *x, const T *w, const T *b, T *y, T *mean, T *rstd, T *shift, long n,     \
                              long c, long h, long wd, long groups, long P, long Q, double eps) {               \
         long hw = h * wd, g = c / groups, ls = (h - P + 1) * wd;                                               \
-        T *work = malloc(sizeof(T) * (size_t)(12 * hw));                                                       \
+        T *work = malloc(sizeof(T) * (size_t)(8 * hw));                                                        \
         if (!work) return 1;                                                                                   \
-        T *mu = work + 10 * hw, *rs = mu + hw;                                                                 \
+        T *mu = work + 6 * hw, *rs = mu + hw;                                                                  \
         for (long m = 0; m < n * groups; ++m) {                                                                \
             long k = m % groups, first = (m / groups * c + k * g) * hw;                                        \
             T c0 = shift[m] = group_mean_##SUFFIX(x + first, g * hw);                                          \
@@ -613,10 +586,10 @@ DEFINE_WINDOW_SUMS(double, f64)
                               long groups, long P, long Q) {                                                   \
         long hw = h * wd, g = c / groups, lr = h - P + 1, ls = lr * wd, pw = wd + Q - 1, padded = 2 * lr * pw; \
         T inverse_m = (T)(1.0 / (double)(g * P * Q));                                                          \
-        T *work = calloc((size_t)(6 * hw + 4 * padded + 2 * wd), sizeof(T)); /* zeros around the padded rows */ \
+        T *work = calloc((size_t)(6 * hw + 2 * padded + 2 * wd), sizeof(T)); /* zeros around the padded rows */ \
         if (!work) return 1;                                                                                   \
-        T *mu = work, *rs = mu + hw, *t = rs + hw, *adj = t + 2 * hw, *pad = adj + 2 * hw, *spare = pad + padded; \
-        T *sums = spare + 2 * padded, *bands = sums + padded;                                                  \
+        T *mu = work, *rs = mu + hw, *t = rs + hw, *adj = t + 2 * hw, *pad = adj + 2 * hw, *sums = pad + padded; \
+        T *bands = sums + padded;                                                                              \
         for (long m = 0; m < n * groups; ++m) {                                                                \
             long k = m % groups, first = (m / groups * c + k * g) * hw;                                        \
             const T *xg = x + first, *dyg = dy + first;                                                        \
@@ -647,7 +620,7 @@ DEFINE_WINDOW_SUMS(double, f64)
             if (Q > 8)                                                                                         \
                 row_running_sums_##SUFFIX(pad, 2 * lr, pw, Q, sums);                                           \
             else                                                                                               \
-                window_sums_##SUFFIX(pad, padded, Q, 1, spare, sums);                                          \
+                window_sums_##SUFFIX(pad, padded - (Q - 1), Q, 1, sums);                                       \
             running_rows_##SUFFIX(sums, pw, lr, wd, P, 0, h, adj);                                             \
             running_rows_##SUFFIX(sums + lr * pw, pw, lr, wd, P, 0, h, adj + hw);                              \
             for (long ch = 0; ch < g; ++ch) {                                                                  \
