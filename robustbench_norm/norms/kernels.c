@@ -11,7 +11,8 @@
  *   dx[n, c, p] = rstd[n, p] * (g - mean_c g - x_hat * mean_c(g * x_hat))
  *   dw[c] = sum_{n, p} dy * x_hat,   db[c] = sum_{n, p} dy
  *
- * (dw and db: each channel's sum over a block in SIMD lanes, added into a double per channel.)
+ * (dw and db: each channel's sum over a block in SIMD lanes, added into a double per channel, returned in
+ * the input dtype.)
  *
  * Both walk one sample at a time in blocks of positions whose C rows fill about BLOCK_BYTES, so the values a
  * block reads two or three times stay in the cache: each pass over the tensor reads x (and dy) from memory
@@ -75,11 +76,15 @@ static long positional_block(long c, size_t size, long p) {
     }                                                                                                          \
                                                                                                                \
     int positional_norm_backward_##SUFFIX(const T *dy, const T *x, const T *w, const T *mean, const T *rstd,   \
-                                          T *dx, double *dw, double *db, long n, long c, long p) {             \
+                                          T *dx, T *dw_out, T *db_out, long n, long c, long p) {               \
         long block = positional_block(c, sizeof(T), p);                                                        \
         T *sum_g = malloc(sizeof(T) * (size_t)(2 * block)), *sum_gx = sum_g + block;                           \
-        if (!sum_g) return 1;                                                                                  \
-        for (long k = 0; k < c; ++k) dw[k] = db[k] = 0;                                                        \
+        double *dw = calloc((size_t)(2 * c), sizeof(double)), *db = dw + c;                                    \
+        if (!sum_g || !dw) {                                                                                   \
+            free(sum_g);                                                                                       \
+            free(dw);                                                                                          \
+            return 1;                                                                                          \
+        }                                                                                                      \
         for (long i = 0; i < n; ++i) {                                                                         \
             const T *dys = dy + i * c * p, *xs = x + i * c * p;                                                \
             T *dxs = dx + i * c * p;                                                                           \
@@ -114,7 +119,12 @@ static long positional_block(long c, size_t size, long p) {
                 }                                                                                              \
             }                                                                                                  \
         }                                                                                                      \
+        for (long k = 0; k < c; ++k) {                                                                         \
+            dw_out[k] = (T)dw[k];                                                                              \
+            db_out[k] = (T)db[k];                                                                              \
+        }                                                                                                      \
         free(sum_g);                                                                                           \
+        free(dw);                                                                                              \
         return 0;                                                                                              \
     }
 

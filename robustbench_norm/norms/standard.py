@@ -363,12 +363,11 @@ def _positional_norm_native_backward(
     library: Any, grad_y: torch.Tensor, x: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor, weight: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dL/dx, dL/dgamma, dL/dbeta) from the fused C backward (dL/dgamma and dL/dbeta summed in float64)."""
-    grad_x = torch.empty_like(x)
-    grad_weight, grad_bias = (torch.zeros(x.shape[1], dtype=torch.float64) for _ in range(2))
+    grad_x, grads = torch.empty_like(x), x.new_empty(2, x.shape[1])
     if native.call(library, "positional_norm_backward", x.dtype, grad_y, x, weight, mean, rstd, grad_x,
-                   grad_weight, grad_bias, x.shape[0], x.shape[1], x.shape[2] * x.shape[3]):
+                   grads[0], grads[1], x.shape[0], x.shape[1], x.shape[2] * x.shape[3]):
         raise MemoryError("positional_norm_backward could not allocate its block sums")
-    return grad_x, grad_weight.to(weight.dtype), grad_bias.to(weight.dtype)
+    return grad_x, grads[0], grads[1]
 
 
 # BatchNorm's CUDA kernels refuse eps = 0; 1 + 1e-30 rounds to exactly 1 in every floating dtype.
