@@ -40,9 +40,9 @@ Computation. The key-group and standardisation-group moments follow exactly from
 moments (law of total variance; unbiased by n / (n - 1) afterwards), so steps 1-6 run as one fused instance
 standardisation plus an affine map per (n, c), with the auto-encoder on (N, C)-sized tensors
 (:func:`robustbench_norm.norms.instance_affine.instance_affine`, written-out backward). On the CPU
-(contiguous float32 / float64) the head and its backward are C kernels too (``ilm_head_forward`` /
-``ilm_head_backward`` in ``kernels.c``, in double; :class:`_FusedILM`), so a training step is a handful of
-calls rather than the head's tens of small ops and their autograd graph. An empty batch gives an empty
+(contiguous float32 / float64) the whole layer is one C call each way (``ilm_forward`` / ``ilm_backward`` in
+``kernels.c``, the head in double; :class:`_FusedILM`), so a training step is a handful of ATen ops rather
+than the head's tens of small ops and their autograd graph. An empty batch gives an empty
 output.
 
 Shapes: input and output (N, C, H, W). Cost: O(N C H W) for the statistics and the output, plus
@@ -60,13 +60,7 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 
 from robustbench_norm.norms import native
-from robustbench_norm.norms.instance_affine import (
-    instance_affine,
-    native_affine,
-    native_grad_sums,
-    native_input_grad,
-    native_moments,
-)
+from robustbench_norm.norms.instance_affine import instance_affine
 from robustbench_norm.norms.registry import register_norm
 
 PAPER = "Jia et al., Instance-Level Meta Normalization, CVPR 2019"
@@ -223,46 +217,39 @@ class ILMLayerNorm(_ILMNorm):
 
 
 class _FusedILM(torch.autograd.Function):
-    """ILM Norm on the CPU kernels: the instance moments (N, C), the head of steps 1-6 on them
-    (``ilm_head_forward`` / ``ilm_head_backward`` in ``kernels.c``: the same function as :meth:`_ILMNorm._head`,
-    with its backward written out, in double), then ``y = (x - m) * scale + offset``; a handful of calls
-    instead of the head's tens of small ATen ops and their autograd graph."""
+    """ILM Norm on the CPU kernels, one C call each way (``ilm_forward`` / ``ilm_backward`` in ``kernels.c``):
+    the instance moments (N, C), the head of steps 1-6 on them (the same function as :meth:`_ILMNorm._head`,
+    its backward written out, in double), then ``y = (x - m) * scale + offset``: a handful of ATen ops per
+    step instead of the head's tens of small ops and their autograd graph."""
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, library: Any, setup: tuple[int, int, int, int, float],
                 *params: torch.Tensor) -> torch.Tensor:
         count, key_size, per_group, width, eps = setup
         n, c = x.shape[:2]
-        groups, keys = c // per_group, c // key_size
-        mean, var = native_moments(library, x)
-        scale, offset = mean.new_empty(n, c), mean.new_empty(n, c)
-        cache = torch.empty(n, 4 * keys + 2 * width + 2 * groups, dtype=torch.float64)
-        native.call(library, "ilm_head_forward", x.dtype, mean, var, *params, scale, offset, cache, n, c, count,
-                    key_size, per_group, width, eps)
+        stats = x.new_empty(4, n, c)  # instance mean and variance, scale, offset
+        cache = torch.empty(n, 4 * (c // key_size) + 2 * width + 2 * (c // per_group), dtype=torch.float64)
+        y = torch.empty_like(x)
+        native.call(library, "ilm_forward", x.dtype, x, *params, y, stats, cache, n, c, count, key_size, per_group,
+                    width, eps)
         ctx.library, ctx.setup = library, setup
-        ctx.save_for_backward(x, mean, scale, cache, *params[:4])
-        return native_affine(library, x, mean, scale, offset)
+        ctx.save_for_backward(x, stats, cache, *params[:4])
+        return y
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad_y: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        x, mean, scale, cache, *params = ctx.saved_tensors
+        x, stats, cache, *params = ctx.saved_tensors
         count, key_size, per_group, width, _ = ctx.setup
-        n, c = mean.shape
-        grad_y = grad_y.contiguous()
-        grad_sum, grad_centred = native_grad_sums(ctx.library, grad_y, x, mean)
-        grad_mean, grad_var = mean.new_empty(n, c), mean.new_empty(n, c)
+        n, c = x.shape[:2]
         shapes = [p.shape for p in params] + [torch.Size([c])]  # encoder, decoders, weight; bias
-        sums = torch.zeros(sum(s.numel() for s in shapes), dtype=torch.float64)  # the parameter gradients
-        slots = sums.split([s.numel() for s in shapes])
-        if native.call(ctx.library, "ilm_head_backward", x.dtype, mean, *params, cache, grad_centred, grad_sum,
-                       grad_mean, grad_var, *slots, n, c, count, key_size, per_group, width):
-            raise MemoryError("ilm_head_backward could not allocate its work space")
-        grad_x = None
-        if ctx.needs_input_grad[0]:
-            grad_x = native_input_grad(ctx.library, grad_y, x, mean, scale, grad_sum, grad_mean, grad_var)
-        grads = [g.view(s) for g, s in zip(sums.to(x.dtype).split([s.numel() for s in shapes]), shapes)]
-        return (grad_x, None, None, *(g if need else None for g, need in zip(grads, ctx.needs_input_grad[3:])))
+        grad_x, grads = torch.empty_like(x), x.new_empty(sum(s.numel() for s in shapes))
+        if native.call(ctx.library, "ilm_backward", x.dtype, grad_y.contiguous(), x, *params, stats, cache, grad_x,
+                       grads, n, c, count, key_size, per_group, width):
+            raise MemoryError("ilm_backward could not allocate its work space")
+        grads = [g.view(s) for g, s in zip(grads.split([s.numel() for s in shapes]), shapes)]
+        need_x, *need_params = ctx.needs_input_grad[:1] + ctx.needs_input_grad[3:]
+        return (grad_x if need_x else None, None, None, *(g if need else None for g, need in zip(grads, need_params)))
 
 
 def _pooled_moments(

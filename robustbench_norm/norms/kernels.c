@@ -353,6 +353,58 @@ DEFINE_ROW_KERNELS(double, f64)
 DEFINE_ILM_HEAD(float, f32)
 DEFINE_ILM_HEAD(double, f64)
 
+/* ILM Norm on the CPU in one call each way (robustbench_norm/norms/ilm.py, _FusedILM): the instance moments
+ * (row_moments), the head above, y = (x - m) * scale + offset (row_affine); stats holds (m, v, scale, offset),
+ * each (N, C). The backward: the per-instance sums of dy and dy (x - m) (row_grad_sums), the head's backward,
+ * then dx = dy * scale + (x - m) * P + Q with P = 2 dL/dv / count, Q = (dL/dm - scale sum dy) / count
+ * (row_grad); the parameter gradients (encoder, decoders, weight, bias, in that order, one after the other)
+ * are written in the input dtype into grads. The backward returns 1 when it cannot allocate its work space. */
+#define DEFINE_ILM(T, SUFFIX)                                                                                  \
+    int ilm_forward_##SUFFIX(const T *x, const T *w1, const T *wg, const T *wb, const T *weight, const T *bias, \
+                             T *y, T *stats, double *cache, long n, long c, long count, long ks, long pg, long M, \
+                             double eps) {                                                                     \
+        T *m = stats, *v = m + n * c, *scale = v + n * c, *offset = scale + n * c;                             \
+        row_moments_##SUFFIX(x, m, v, n * c, count);                                                           \
+        ilm_head_forward_##SUFFIX(m, v, w1, wg, wb, weight, bias, scale, offset, cache, n, c, count, ks, pg, M, eps); \
+        return row_affine_##SUFFIX(x, m, scale, offset, y, n * c, count);                                      \
+    }                                                                                                          \
+                                                                                                               \
+    int ilm_backward_##SUFFIX(const T *dy, const T *x, const T *w1, const T *wg, const T *wb, const T *weight, \
+                              const T *stats, const double *cache, T *dx, T *grads, long n, long c, long count, \
+                              long ks, long pg, long M) {                                                      \
+        long D = c / ks, sizes = M * D + 2 * D * M + 2 * c;                                                    \
+        const T *m = stats, *scale = m + 2 * n * c;                                                            \
+        T *work = malloc(sizeof(T) * (size_t)(6 * n * c));                                                     \
+        double *sums = calloc((size_t)sizes, sizeof(double));                                                  \
+        if (!work || !sums) {                                                                                  \
+            free(work);                                                                                        \
+            free(sums);                                                                                        \
+            return 1;                                                                                          \
+        }                                                                                                      \
+        T *grad_sum = work, *grad_centred = grad_sum + n * c, *grad_m = grad_centred + n * c;                  \
+        T *grad_v = grad_m + n * c, *p = grad_v + n * c, *q = p + n * c;                                       \
+        row_grad_sums_##SUFFIX(dy, x, m, grad_sum, grad_centred, n * c, count);                                \
+        if (ilm_head_backward_##SUFFIX(m, w1, wg, wb, weight, cache, grad_centred, grad_sum, grad_m, grad_v, sums, \
+                                       sums + M * D, sums + 2 * M * D, sums + 3 * M * D, sums + 3 * M * D + c, \
+                                       n, c, count, ks, pg, M)) {                                              \
+            free(work);                                                                                        \
+            free(sums);                                                                                        \
+            return 1;                                                                                          \
+        }                                                                                                      \
+        for (long r = 0; r < n * c; ++r) {                                                                     \
+            p[r] = grad_v[r] * (T)2 / (T)count;                                                                \
+            q[r] = (grad_m[r] - scale[r] * grad_sum[r]) / (T)count;                                            \
+        }                                                                                                      \
+        row_grad_##SUFFIX(dy, x, m, scale, p, q, dx, n * c, count);                                            \
+        for (long k = 0; k < sizes; ++k) grads[k] = (T)sums[k];                                                \
+        free(work);                                                                                            \
+        free(sums);                                                                                            \
+        return 0;                                                                                              \
+    }
+
+DEFINE_ILM(float, f32)
+DEFINE_ILM(double, f64)
+
 /* Local Context Normalization (robustbench_norm/norms/lcn.py) over x (N, C, H, W), contiguous, in G groups of
  * g = C / G channels, with the clamped P x Q window of lcn.py: the window of pixel r starts at clamp(r - bp,
  * 0, H - P), bp = (P - 1) / 2, so the pixels of an axis share its L = H - P + 1 distinct windows. The

@@ -104,8 +104,25 @@ def kernels(*tensors: torch.Tensor) -> ctypes.CDLL | None:
 
 def call(library: ctypes.CDLL, name: str, dtype: torch.dtype, *args: torch.Tensor | int | float) -> int:
     """Calls ``<name>_<f32|f64>`` with tensors passed as pointers, ints as ``long`` and floats as ``double``."""
-    converted = [ctypes.c_void_p(a.data_ptr()) if isinstance(a, torch.Tensor)
-                 else ctypes.c_long(a) if isinstance(a, int) else ctypes.c_double(a) for a in args]
-    function = getattr(library, f"{name}_{_SUFFIX[dtype]}")
-    function.restype = ctypes.c_int
-    return function(*converted)
+    function = _function(library, f"{name}_{_SUFFIX[dtype]}", tuple(_c_type(a) for a in args))
+    return function(*(a.data_ptr() if isinstance(a, torch.Tensor) else a for a in args))
+
+
+_C_TYPES = {int: ctypes.c_long, float: ctypes.c_double}
+
+
+def _c_type(argument: torch.Tensor | int | float) -> type:
+    if isinstance(argument, torch.Tensor):
+        return ctypes.c_void_p
+    if type(argument) not in _C_TYPES:
+        raise TypeError(f"a kernel argument must be a tensor, an int or a float, got {type(argument).__name__}")
+    return _C_TYPES[type(argument)]
+
+
+@functools.cache
+def _function(library: ctypes.CDLL, name: str, kinds: tuple[type, ...]) -> ctypes._CFuncPtr:
+    """The kernel ``name`` with its argument and return types declared (ctypes then converts the arguments
+    itself); one per signature, made at its first call."""
+    function = getattr(library, name)
+    function.argtypes, function.restype = kinds, ctypes.c_int
+    return function
