@@ -82,7 +82,7 @@ class _InstanceAffine(torch.autograd.Function):
     def forward(ctx: Any, x: Tensor, head: Head, *params: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         ctx.library = native.kernels(x)
         if ctx.library is not None:
-            mean, var = native_moments(ctx.library, x)
+            mean, var = _native_moments(ctx.library, x)
         else:
             x_hat, mean, rstd = _standardize(x)
             var = _variance(rstd)
@@ -91,7 +91,7 @@ class _InstanceAffine(torch.autograd.Function):
             leaves = [t.detach().requires_grad_(need) for t, need in zip((mean, var, *params), needs)]
             scale, offset = head(*leaves)
         if ctx.library is not None:
-            y = native_affine(ctx.library, x, mean, scale.detach(), offset.detach())
+            y = _native_affine(ctx.library, x, mean, scale.detach(), offset.detach())
             ctx.save_for_backward(x, mean)
         else:
             y = x_hat.mul_(_per_map(scale.detach() / rstd)).add_(_per_map(offset.detach()))
@@ -136,7 +136,7 @@ class _InstanceAffine(torch.autograd.Function):
         return (grad_x, None, *grad_params)
 
 
-def native_moments(library: Any, x: Tensor) -> tuple[Tensor, Tensor]:
+def _native_moments(library: Any, x: Tensor) -> tuple[Tensor, Tensor]:
     """Mean and biased variance of each instance of contiguous ``x`` (N, C, H, W), each (N, C) (C kernel)."""
     n, c, h, w = x.shape
     mean, var = x.new_empty(n, c), x.new_empty(n, c)
@@ -144,7 +144,7 @@ def native_moments(library: Any, x: Tensor) -> tuple[Tensor, Tensor]:
     return mean, var
 
 
-def native_affine(library: Any, x: Tensor, mean: Tensor, scale: Tensor, offset: Tensor) -> Tensor:
+def _native_affine(library: Any, x: Tensor, mean: Tensor, scale: Tensor, offset: Tensor) -> Tensor:
     """``(x - mean) * scale + offset`` per instance (C kernel)."""
     n, c, h, w = x.shape
     y = torch.empty_like(x)
@@ -152,7 +152,7 @@ def native_affine(library: Any, x: Tensor, mean: Tensor, scale: Tensor, offset: 
     return y
 
 
-def native_grad_sums(library: Any, grad_y: Tensor, x: Tensor, mean: Tensor) -> tuple[Tensor, Tensor]:
+def _native_grad_sums(library: Any, grad_y: Tensor, x: Tensor, mean: Tensor) -> tuple[Tensor, Tensor]:
     """Per instance, ``sum_hw dy`` (= dL/doffset) and ``sum_hw dy (x - m)`` (= dL/dscale) (C kernel)."""
     n, c, h, w = x.shape
     grad_sum, grad_centred = x.new_empty(n, c), x.new_empty(n, c)
@@ -160,7 +160,7 @@ def native_grad_sums(library: Any, grad_y: Tensor, x: Tensor, mean: Tensor) -> t
     return grad_sum, grad_centred
 
 
-def native_input_grad(library: Any, grad_y: Tensor, x: Tensor, mean: Tensor, scale: Tensor, grad_sum: Tensor,
+def _native_input_grad(library: Any, grad_y: Tensor, x: Tensor, mean: Tensor, scale: Tensor, grad_sum: Tensor,
                       grad_mean: Tensor, grad_var: Tensor) -> Tensor:
     """dL/dx = dy * scale + (x - m) * P + Q' from the head's dL/dm and dL/dv (module docstring) (C kernel)."""
     n, c, h, w = x.shape
@@ -178,7 +178,7 @@ def _native_backward(ctx: Any, grad_y: Tensor) -> tuple[Tensor | None, ...]:
     dy * (x - m), then ``dL/dx = dy * scale + (x - m) * P + Q'`` (module docstring, with Q' = Q + P m)."""
     x, mean = ctx.saved_tensors
     leaves, scale, offset = ctx.graph
-    grad_sum, grad_centred = native_grad_sums(ctx.library, grad_y, x, mean)
+    grad_sum, grad_centred = _native_grad_sums(ctx.library, grad_y, x, mean)
     wanted = [leaf for leaf in leaves if leaf.requires_grad]
     grads = iter(torch.autograd.grad((scale, offset), wanted, (grad_centred, grad_sum), allow_unused=True,
                                      retain_graph=True))
@@ -186,7 +186,7 @@ def _native_backward(ctx: Any, grad_y: Tensor) -> tuple[Tensor | None, ...]:
     grad_x = None
     if ctx.needs_input_grad[0]:
         grad_mean, grad_var = (g if g is not None else torch.zeros_like(mean) for g in found[:2])
-        grad_x = native_input_grad(ctx.library, grad_y, x, mean, scale.detach(), grad_sum, grad_mean, grad_var)
+        grad_x = _native_input_grad(ctx.library, grad_y, x, mean, scale.detach(), grad_sum, grad_mean, grad_var)
     return (grad_x, None, *found[2:])
 
 
@@ -211,9 +211,9 @@ def instance_affine(x: Tensor, head: Head, *params: Tensor) -> tuple[Tensor, Ten
     if torch.is_grad_enabled() and (xc.requires_grad or any(p.requires_grad for p in params)):
         y, mean, var = _InstanceAffine.apply(xc, head, *params)
     elif (library := native.kernels(xc)) is not None:
-        mean, var = native_moments(library, xc)
+        mean, var = _native_moments(library, xc)
         scale, offset = head(mean, var, *params)
-        y = native_affine(library, xc, mean, scale, offset)
+        y = _native_affine(library, xc, mean, scale, offset)
     else:
         x_hat, mean, rstd = _standardize(xc)
         var = _variance(rstd)
