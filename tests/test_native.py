@@ -117,3 +117,9 @@ def test_a_failed_build_warns_and_leaves_the_aten_path(monkeypatch, tmp_path):
             x.permute(0, 2, 3, 1), (16,)).permute(0, 3, 1, 2))
     finally:
         native._library.cache_clear()
+
+
+def test_call_rejects_arguments_that_are_not_tensors_ints_or_floats(native_kernels):
+    x = torch.zeros(2, 3)
+    with pytest.raises(TypeError, match="got bool"):
+        native.call(native.kernels(x), "row_moments", x.dtype, x, x.new_empty(2), x.new_empty(2), True, 3)
