@@ -42,8 +42,7 @@ standardisation plus an affine map per (n, c), with the auto-encoder on (N, C)-s
 (:func:`robustbench_norm.norms.instance_affine.instance_affine`, written-out backward). On the CPU
 (contiguous float32 / float64) the whole layer is one C call each way (``ilm_forward`` / ``ilm_backward`` in
 ``kernels.c``, the head in double; :class:`_FusedILM`), so a training step is a handful of ATen ops rather
-than the head's tens of small ops and their autograd graph. An empty batch gives an empty
-output.
+than the head's tens of small ops and their autograd graph. An empty batch gives an empty output.
 
 Shapes: input and output (N, C, H, W). Cost: O(N C H W) for the statistics and the output, plus
 O(N D M) for the auto-encoder; 3 D M + 2 C parameters.

@@ -152,33 +152,15 @@ def _native_affine(library: Any, x: Tensor, mean: Tensor, scale: Tensor, offset:
     return y
 
 
-def _native_grad_sums(library: Any, grad_y: Tensor, x: Tensor, mean: Tensor) -> tuple[Tensor, Tensor]:
-    """Per instance, ``sum_hw dy`` (= dL/doffset) and ``sum_hw dy (x - m)`` (= dL/dscale) (C kernel)."""
-    n, c, h, w = x.shape
-    grad_sum, grad_centred = x.new_empty(n, c), x.new_empty(n, c)
-    native.call(library, "row_grad_sums", x.dtype, grad_y, x, mean, grad_sum, grad_centred, n * c, h * w)
-    return grad_sum, grad_centred
-
-
-def _native_input_grad(library: Any, grad_y: Tensor, x: Tensor, mean: Tensor, scale: Tensor, grad_sum: Tensor,
-                      grad_mean: Tensor, grad_var: Tensor) -> Tensor:
-    """dL/dx = dy * scale + (x - m) * P + Q' from the head's dL/dm and dL/dv (module docstring) (C kernel)."""
-    n, c, h, w = x.shape
-    count = h * w
-    p = grad_var * (2.0 / count)
-    q = (grad_mean - scale * grad_sum) / count
-    grad_x = torch.empty_like(x)
-    native.call(library, "row_grad", x.dtype, grad_y, x, mean, scale.contiguous(), p.contiguous(), q.contiguous(),
-                grad_x, n * c, count)
-    return grad_x
-
-
 def _native_backward(ctx: Any, grad_y: Tensor) -> tuple[Tensor | None, ...]:
     """The backward of :class:`_InstanceAffine` with two C row kernels: the per-instance sums of dy and
     dy * (x - m), then ``dL/dx = dy * scale + (x - m) * P + Q'`` (module docstring, with Q' = Q + P m)."""
     x, mean = ctx.saved_tensors
     leaves, scale, offset = ctx.graph
-    grad_sum, grad_centred = _native_grad_sums(ctx.library, grad_y, x, mean)
+    n, c, h, w = x.shape
+    count = h * w
+    grad_sum, grad_centred = x.new_empty(n, c), x.new_empty(n, c)
+    native.call(ctx.library, "row_grad_sums", x.dtype, grad_y, x, mean, grad_sum, grad_centred, n * c, count)
     wanted = [leaf for leaf in leaves if leaf.requires_grad]
     grads = iter(torch.autograd.grad((scale, offset), wanted, (grad_centred, grad_sum), allow_unused=True,
                                      retain_graph=True))
@@ -186,7 +168,12 @@ def _native_backward(ctx: Any, grad_y: Tensor) -> tuple[Tensor | None, ...]:
     grad_x = None
     if ctx.needs_input_grad[0]:
         grad_mean, grad_var = (g if g is not None else torch.zeros_like(mean) for g in found[:2])
-        grad_x = _native_input_grad(ctx.library, grad_y, x, mean, scale.detach(), grad_sum, grad_mean, grad_var)
+        scale = scale.detach()
+        p = grad_var * (2.0 / count)
+        q = (grad_mean - scale * grad_sum) / count
+        grad_x = torch.empty_like(x)
+        native.call(ctx.library, "row_grad", x.dtype, grad_y, x, mean, scale.contiguous(), p.contiguous(),
+                    q.contiguous(), grad_x, n * c, count)
     return (grad_x, None, *found[2:])
 
 

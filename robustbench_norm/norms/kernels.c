@@ -241,9 +241,9 @@ DEFINE_ROW_KERNELS(double, f64)
         }                                                                                                      \
     }                                                                                                          \
                                                                                                                \
-    int ilm_head_forward_##SUFFIX(const T *m, const T *v, const T *w1, const T *wg, const T *wb,               \
-                                  const T *weight, const T *bias, T *scale, T *offset, double *cache, long n,  \
-                                  long c, long count, long ks, long pg, long M, double eps) {                  \
+    static int ilm_head_forward_##SUFFIX(const T *m, const T *v, const T *w1, const T *wg, const T *wb,        \
+                                         const T *weight, const T *bias, T *scale, T *offset, double *cache,   \
+                                         long n, long c, long count, long ks, long pg, long M, double eps) {   \
         long D = c / ks, G = c / pg, stride = 4 * D + 2 * M + 2 * G;                                           \
         double uk = (double)(ks * count) / (double)(ks * count > 1 ? ks * count - 1 : 1);                      \
         double ug = (double)(pg * count) / (double)(pg * count > 1 ? pg * count - 1 : 1);                      \
@@ -282,11 +282,11 @@ DEFINE_ROW_KERNELS(double, f64)
         return 0;                                                                                              \
     }                                                                                                          \
                                                                                                                \
-    int ilm_head_backward_##SUFFIX(const T *m, const T *w1, const T *wg, const T *wb,                          \
-                                   const T *weight, const double *cache, const T *grad_scale,                  \
-                                   const T *grad_offset, T *grad_m, T *grad_v, double *grad_w1, double *grad_wg, \
-                                   double *grad_wb, double *grad_weight, double *grad_bias, long n, long c,    \
-                                   long count, long ks, long pg, long M) {                                     \
+    static int ilm_head_backward_##SUFFIX(const T *m, const T *w1, const T *wg, const T *wb,                   \
+                                          const T *weight, const double *cache, const T *grad_scale,           \
+                                          const T *grad_offset, T *grad_m, T *grad_v, double *grad_w1,         \
+                                          double *grad_wg, double *grad_wb, double *grad_weight, double *grad_bias, \
+                                          long n, long c, long count, long ks, long pg, long M) {              \
         long D = c / ks, G = c / pg, stride = 4 * D + 2 * M + 2 * G;                                           \
         double uk = (double)(ks * count) / (double)(ks * count > 1 ? ks * count - 1 : 1);                      \
         double ug = (double)(pg * count) / (double)(pg * count > 1 ? pg * count - 1 : 1);                      \

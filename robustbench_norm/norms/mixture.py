@@ -43,8 +43,9 @@ buffers: ``(C, K)``. Cost: O(NCHW * K) time for the normalisation, plus O(C * EM
 em_iterations) for EM. On the CPU (contiguous float32 / float64) EM, forward and backward are one C kernel
 each (``kernels.c``, :mod:`robustbench_norm.norms.native`): one channel at a time, its posteriors computed
 once (in chunks that stay in the cache) and kept for the channel's other passes, so the extra memory is K + 2
-values per value of one channel (about (K + 2) / C of the input). Elsewhere (GPU) a custom autograd function over K separate (N, C, H, W) posteriors
-with a written-out backward: about 20 K passes over the batch forward and 20 K backward.
+values per value of one channel (about (K + 2) / C of the input). Elsewhere (GPU) a custom autograd function
+over K separate (N, C, H, W) posteriors with a written-out backward: about 20 K passes over the batch forward
+and 20 K backward.
 """
 
 from __future__ import annotations
