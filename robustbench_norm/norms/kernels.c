@@ -139,55 +139,108 @@ DEFINE_POSITIONAL_NORM(double, f64, sqrt)
  *   row_grad_sums: s1[r] = sum_l dy[r, l],  s2[r] = sum_l dy[r, l] * (x[r, l] - mean[r])
  *   row_grad:      dx[r, l] = dy[r, l] * a[r] + (x[r, l] - mean[r]) * p[r] + q[r]
  *
- * A row is read once from memory per kernel (its second pass hits the cache); sums run in SIMD lanes. */
+ * A row is read once from memory per kernel (its second pass hits the cache). Sums run in vectors of
+ * VECTOR_BYTES (GCC / Clang vector extensions; one AVX2 register), several at once (see lane_sum). */
+#define VECTOR_BYTES 32
+#define LANES(T) ((long)(VECTOR_BYTES / sizeof(T)))
+typedef float vec_f32 __attribute__((vector_size(VECTOR_BYTES)));
+typedef double vec_f64 __attribute__((vector_size(VECTOR_BYTES)));
 #define DEFINE_ROW_KERNELS(T, SUFFIX)                                                                          \
-    int row_moments_##SUFFIX(const T *x, T *mean, T *var, long rows, long length) {                           \
-        for (long r = 0; r < rows; ++r) {                                                                     \
-            const T *row = x + r * length;                                                                    \
-            T sum = 0, squares = 0;                                                                           \
-            _Pragma("omp simd reduction(+ : sum)") for (long l = 0; l < length; ++l) sum += row[l];           \
-            T mu = sum / (T)length;                                                                           \
-            _Pragma("omp simd reduction(+ : squares)") for (long l = 0; l < length; ++l) {                    \
-                T d = row[l] - mu;                                                                            \
-                squares += d * d;                                                                             \
-            }                                                                                                 \
-            mean[r] = mu;                                                                                     \
-            var[r] = squares / (T)length;                                                                     \
-        }                                                                                                     \
-        return 0;                                                                                             \
-    }                                                                                                         \
-                                                                                                              \
+    /* Sums of a row in four vectors of partial sums (independent adds: none waits for the one before),        \
+     * added together at the end; the tail (length not a multiple of 4 V) in a scalar. */                      \
+    static inline vec_##SUFFIX load_##SUFFIX(const T *a) {                                                     \
+        vec_##SUFFIX v;                                                                                        \
+        memcpy(&v, a, sizeof v);                                                                               \
+        return v;                                                                                              \
+    }                                                                                                          \
+                                                                                                               \
+    static inline T total_##SUFFIX(const vec_##SUFFIX *s) {                                                    \
+        vec_##SUFFIX all = (s[0] + s[1]) + (s[2] + s[3]);                                                      \
+        T sum = 0;                                                                                             \
+        for (int k = 0; k < LANES(T); ++k) sum += all[k];                                                      \
+        return sum;                                                                                            \
+    }                                                                                                          \
+                                                                                                               \
+    /* sum_l a[l] */                                                                                           \
+    static inline T lane_sum_##SUFFIX(const T *a, long length) {                                               \
+        const long V = LANES(T);                                                                               \
+        vec_##SUFFIX s[4] = {{0}};                                                                             \
+        long l = 0;                                                                                            \
+        for (; l + 4 * V <= length; l += 4 * V)                                                                \
+            for (int k = 0; k < 4; ++k) s[k] += load_##SUFFIX(a + l + k * V);                                  \
+        T tail = 0;                                                                                            \
+        for (; l < length; ++l) tail += a[l];                                                                  \
+        return total_##SUFFIX(s) + tail;                                                                       \
+    }                                                                                                          \
+                                                                                                               \
+    /* sum_l (a[l] - mu)^2 */                                                                                  \
+    static inline T lane_centred_squares_##SUFFIX(const T *a, T mu, long length) {                             \
+        const long V = LANES(T);                                                                               \
+        vec_##SUFFIX s[4] = {{0}};                                                                             \
+        long l = 0;                                                                                            \
+        for (; l + 4 * V <= length; l += 4 * V)                                                                \
+            for (int k = 0; k < 4; ++k) {                                                                      \
+                vec_##SUFFIX d = load_##SUFFIX(a + l + k * V) - mu;                                            \
+                s[k] += d * d;                                                                                 \
+            }                                                                                                  \
+        T tail = 0;                                                                                            \
+        for (; l < length; ++l) tail += (a[l] - mu) * (a[l] - mu);                                             \
+        return total_##SUFFIX(s) + tail;                                                                       \
+    }                                                                                                          \
+                                                                                                               \
+    /* sum_l g[l], and sum_l g[l] * (a[l] - mu) into *dot */                                                   \
+    static inline T lane_sum_dot_##SUFFIX(const T *g, const T *a, T mu, long length, T *dot) {                 \
+        const long V = LANES(T);                                                                               \
+        vec_##SUFFIX s[4] = {{0}}, t[4] = {{0}};                                                               \
+        long l = 0;                                                                                            \
+        for (; l + 4 * V <= length; l += 4 * V)                                                                \
+            for (int k = 0; k < 4; ++k) {                                                                      \
+                vec_##SUFFIX gk = load_##SUFFIX(g + l + k * V);                                                \
+                s[k] += gk;                                                                                    \
+                t[k] += gk * (load_##SUFFIX(a + l + k * V) - mu);                                              \
+            }                                                                                                  \
+        T sum = 0, d = 0;                                                                                      \
+        for (; l < length; ++l) {                                                                              \
+            sum += g[l];                                                                                       \
+            d += g[l] * (a[l] - mu);                                                                           \
+        }                                                                                                      \
+        *dot = total_##SUFFIX(t) + d;                                                                          \
+        return total_##SUFFIX(s) + sum;                                                                        \
+    }                                                                                                          \
+                                                                                                               \
+    int row_moments_##SUFFIX(const T *x, T *mean, T *var, long rows, long length) {                            \
+        for (long r = 0; r < rows; ++r) {                                                                      \
+            const T *row = x + r * length;                                                                     \
+            T mu = lane_sum_##SUFFIX(row, length) / (T)length;                                                 \
+            mean[r] = mu;                                                                                      \
+            var[r] = lane_centred_squares_##SUFFIX(row, mu, length) / (T)length;                               \
+        }                                                                                                      \
+        return 0;                                                                                              \
+    }                                                                                                          \
+                                                                                                               \
     int row_affine_##SUFFIX(const T *x, const T *mean, const T *a, const T *b, T *y, long rows, long length) { \
-        for (long r = 0; r < rows; ++r) {                                                                     \
-            const T *row = x + r * length;                                                                    \
-            T *out = y + r * length, mu = mean[r], ar = a[r], br = b[r];                                      \
-            _Pragma("omp simd") for (long l = 0; l < length; ++l) out[l] = (row[l] - mu) * ar + br;           \
-        }                                                                                                     \
-        return 0;                                                                                             \
-    }                                                                                                         \
-                                                                                                              \
+        for (long r = 0; r < rows; ++r) {                                                                      \
+            const T *row = x + r * length;                                                                     \
+            T *out = y + r * length, mu = mean[r], ar = a[r], br = b[r];                                       \
+            _Pragma("omp simd") for (long l = 0; l < length; ++l) out[l] = (row[l] - mu) * ar + br;            \
+        }                                                                                                      \
+        return 0;                                                                                              \
+    }                                                                                                          \
+                                                                                                               \
     int row_grad_sums_##SUFFIX(const T *dy, const T *x, const T *mean, T *s1, T *s2, long rows, long length) { \
-        for (long r = 0; r < rows; ++r) {                                                                     \
-            const T *g = dy + r * length, *row = x + r * length;                                              \
-            T mu = mean[r], sum = 0, dot = 0;                                                                 \
-            _Pragma("omp simd reduction(+ : sum, dot)") for (long l = 0; l < length; ++l) {                   \
-                sum += g[l];                                                                                  \
-                dot += g[l] * (row[l] - mu);                                                                  \
-            }                                                                                                 \
-            s1[r] = sum;                                                                                      \
-            s2[r] = dot;                                                                                      \
-        }                                                                                                     \
-        return 0;                                                                                             \
-    }                                                                                                         \
-                                                                                                              \
-    int row_grad_##SUFFIX(const T *dy, const T *x, const T *mean, const T *a, const T *p, const T *q, T *dx,  \
-                          long rows, long length) {                                                           \
-        for (long r = 0; r < rows; ++r) {                                                                     \
-            const T *g = dy + r * length, *row = x + r * length;                                              \
-            T *out = dx + r * length, mu = mean[r], ar = a[r], pr = p[r], qr = q[r];                          \
+        for (long r = 0; r < rows; ++r)                                                                        \
+            s1[r] = lane_sum_dot_##SUFFIX(dy + r * length, x + r * length, mean[r], length, s2 + r);           \
+        return 0;                                                                                              \
+    }                                                                                                          \
+                                                                                                               \
+    int row_grad_##SUFFIX(const T *dy, const T *x, const T *mean, const T *a, const T *p, const T *q, T *dx,   \
+                          long rows, long length) {                                                            \
+        for (long r = 0; r < rows; ++r) {                                                                      \
+            const T *g = dy + r * length, *row = x + r * length;                                               \
+            T *out = dx + r * length, mu = mean[r], ar = a[r], pr = p[r], qr = q[r];                           \
             _Pragma("omp simd") for (long l = 0; l < length; ++l) out[l] = g[l] * ar + (row[l] - mu) * pr + qr; \
-        }                                                                                                     \
-        return 0;                                                                                             \
+        }                                                                                                      \
+        return 0;                                                                                              \
     }
 
 DEFINE_ROW_KERNELS(float, f32)
@@ -751,20 +804,20 @@ static inline double exp_nonpositive_f64(double x) {
 /* Values [start, start + m) of channel ch of x (N, C, P), in (n, p) order, copied to or from the contiguous buf. */
 #define DEFINE_CHANNEL_COPY(T, SUFFIX)                                                                         \
     static void channel_gather_##SUFFIX(const T *x, long c, long p, long ch, long start, long m, T *buf) {   \
-        for (long done = 0; done < m;) {                                                                      \
-            long i = (start + done) / p, offset = (start + done) - i * p;                                     \
-            long count = p - offset < m - done ? p - offset : m - done;                                       \
-            memcpy(buf + done, x + (i * c + ch) * p + offset, sizeof(T) * (size_t)count);                     \
-            done += count;                                                                                    \
-        }                                                                                                     \
-    }                                                                                                         \
+        for (long done = 0; done < m;) {                                                                       \
+            long i = (start + done) / p, offset = (start + done) - i * p;                                      \
+            long count = p - offset < m - done ? p - offset : m - done;                                        \
+            memcpy(buf + done, x + (i * c + ch) * p + offset, sizeof(T) * (size_t)count);                      \
+            done += count;                                                                                     \
+        }                                                                                                      \
+    }                                                                                                          \
     static void channel_scatter_##SUFFIX(T *x, long c, long p, long ch, long start, long m, const T *buf) {  \
-        for (long done = 0; done < m;) {                                                                      \
-            long i = (start + done) / p, offset = (start + done) - i * p;                                     \
-            long count = p - offset < m - done ? p - offset : m - done;                                       \
-            memcpy(x + (i * c + ch) * p + offset, buf + done, sizeof(T) * (size_t)count);                     \
-            done += count;                                                                                    \
-        }                                                                                                     \
+        for (long done = 0; done < m;) {                                                                       \
+            long i = (start + done) / p, offset = (start + done) - i * p;                                      \
+            long count = p - offset < m - done ? p - offset : m - done;                                        \
+            memcpy(x + (i * c + ch) * p + offset, buf + done, sizeof(T) * (size_t)count);                      \
+            done += count;                                                                                     \
+        }                                                                                                      \
     }
 
 DEFINE_CHANNEL_COPY(float, f32)
