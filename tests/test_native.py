@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from robustbench_norm.norms import build_norm, native
+from robustbench_norm.norms.localnorm import localnorm_evaluation
 
 LAYERS = [
     ("positionalnorm", {}),
@@ -83,12 +84,59 @@ def test_float32_kernels_are_as_accurate_as_the_aten_path(name, kwargs, offset_i
         assert error <= max(2 * reference_error, 1e-6 * truth.abs().max().item())
 
 
+def _eval_steps(name: str, x: torch.Tensor, grad: torch.Tensor) -> list[torch.Tensor]:
+    """Three training steps (running estimates updated), then the eval output and gradients, of a seeded layer;
+    the buffers at the end included."""
+    torch.manual_seed(0)
+    layer = build_norm(name, 16).to(x.dtype)
+    for shift in (0.0, 1.0, -2.0):
+        layer(x + shift)
+    layer.eval()
+    x = x.clone().requires_grad_()
+    y = layer(x)
+    y.backward(grad)
+    return [y.detach(), x.grad, *(p.grad for p in layer.parameters()), *layer.buffers()]
+
+
+@pytest.mark.parametrize("name", ["switchnorm", "localnorm"])
+def test_running_estimates_and_eval_mode_agree_with_the_aten_path(name, offset_input, monkeypatch, native_kernels):
+    fused = _eval_steps(name, *offset_input)
+    monkeypatch.setenv(native.DISABLE_VARIABLE, "0")
+    reference = _eval_steps(name, *offset_input)
+    for got, want in zip(fused, reference, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-8, atol=1e-8 * want.abs().max().item())
+
+
+@pytest.mark.parametrize("statistics_group_size, affine_group", [(1, 0), (3, 2)])
+def test_localnorm_test_time_groups_agree_with_the_aten_path(statistics_group_size, affine_group, offset_input,
+                                                             monkeypatch, native_kernels):
+    def outputs() -> list[torch.Tensor]:
+        torch.manual_seed(0)
+        layer = build_norm("localnorm", 16).double().eval()
+        with torch.no_grad():
+            layer.weight.add_(torch.rand_like(layer.weight))
+        x = offset_input[0].clone().requires_grad_()
+        with localnorm_evaluation(layer, statistics_group_size=statistics_group_size, affine_group=affine_group):
+            y = layer(x)
+        y.backward(offset_input[1])
+        return [y.detach(), x.grad, layer.weight.grad, layer.bias.grad]
+
+    fused = outputs()
+    monkeypatch.setenv(native.DISABLE_VARIABLE, "0")
+    for got, want in zip(fused, outputs(), strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-8, atol=1e-8 * want.abs().max().item())
+
+
 @pytest.mark.parametrize("name, kwargs", [("positionalnorm", {}), ("lcn", {"window_size": 3}), ("ilm_gn", {}),
-                                          ("mixturenorm", {})])
-def test_kernels_pass_gradcheck(name, kwargs, native_kernels):
-    layer = build_norm(name, 16, **kwargs).double().eval()  # eval: Mixture Norm's EM fit is stop-gradient
-    x = torch.randn(2, 16, 5, 4, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(layer, (x,))
+                                          ("mixturenorm", {}), ("switchnorm", {}), ("localnorm", {})])
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_kernels_pass_gradcheck(name, kwargs, mode, native_kernels):
+    if name == "mixturenorm" and mode == "train":
+        pytest.skip("Mixture Norm's EM fit is stop-gradient (a function of x that gradcheck would differentiate)")
+    layer = build_norm(name, 16, **kwargs).double().train(mode == "train")
+    x = torch.randn(4, 16, 5, 4, dtype=torch.float64, requires_grad=True)
+    params = tuple(p for p in layer.parameters())
+    assert torch.autograd.gradcheck(lambda x, *_: layer(x), (x, *params))
 
 
 def test_layers_call_the_kernels_only_for_contiguous_float_cpu_input(monkeypatch, native_kernels):

@@ -41,8 +41,9 @@ moments (law of total variance; unbiased by n / (n - 1) afterwards), so steps 1-
 standardisation plus an affine map per (n, c), with the auto-encoder on (N, C)-sized tensors
 (:func:`robustbench_norm.norms.instance_affine.instance_affine`, written-out backward). On the CPU
 (contiguous float32 / float64) the whole layer is one C call each way (``ilm_forward`` / ``ilm_backward`` in
-``kernels.c``, the head in double; :class:`_FusedILM`), so a training step is a handful of ATen ops rather
-than the head's tens of small ops and their autograd graph. An empty batch gives an empty output.
+``kernels.c``, the head in double; :func:`~robustbench_norm.norms.instance_affine.fused_instance_affine`), so a
+training step is a handful of ATen ops rather than the head's tens of small ops and their autograd graph. An
+empty batch gives an empty output.
 
 Shapes: input and output (N, C, H, W). Cost: O(N C H W) for the statistics and the output, plus
 O(N D M) for the auto-encoder; 3 D M + 2 C parameters.
@@ -51,19 +52,15 @@ O(N D M) for the auto-encoder; 3 D M + 2 C parameters.
 from __future__ import annotations
 
 import functools
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.autograd.function import once_differentiable
 
-from robustbench_norm.norms import native
-from robustbench_norm.norms.instance_affine import instance_affine
+from robustbench_norm.norms.instance_affine import fused_instance_affine, instance_affine
 from robustbench_norm.norms.registry import register_norm
 
 PAPER = "Jia et al., Instance-Level Meta Normalization, CVPR 2019"
-_COMPUTE_DTYPES = (torch.float32, torch.float64)
 
 
 class _ILMNorm(nn.Module):
@@ -111,19 +108,19 @@ class _ILMNorm(nn.Module):
         params = (
             self.encoder.weight, self.weight_decoder.weight, self.bias_decoder.weight, self.weight, self.bias
         )
-        count = x.shape[2] * x.shape[3]
-        if x.shape[0] and count and x.dtype in _COMPUTE_DTYPES:
-            xc = x.contiguous()
-            cast = tuple(p.to(x.dtype).contiguous() for p in params)
-            if (library := native.kernels(xc, *cast)) is not None:
-                return _FusedILM.apply(xc, library, self._setup(count), *cast)
-        return instance_affine(x, functools.partial(self._head, count), *params)[0]
+        if (y := fused_instance_affine(x, "ilm", self._setup(), self._cache_size(x.shape[0]), (), params)) is not None:
+            return y
+        return instance_affine(x, functools.partial(self._head, x.shape[2] * x.shape[3]), *params)[0]
 
-    def _setup(self, count: int) -> tuple[int, int, int, int, float]:
-        """(count, key_group_size, channels per standardisation group, encoder width, eps): the head kernels'
-        arguments."""
-        return (count, self.key_group_size, self.num_features // self.num_groups, self.encoder.weight.shape[0],
-                self.eps)
+    def _setup(self) -> tuple[int, int, int, float]:
+        """(key_group_size, channels per standardisation group, encoder width, eps): the C head's arguments."""
+        return self.key_group_size, self.num_features // self.num_groups, self.encoder.weight.shape[0], self.eps
+
+    def _cache_size(self, n: int) -> int:
+        """What the C head keeps per sample for its backward: key moments, encoder outputs (both branches),
+        decoder outputs, standardisation-group means and reciprocal standard deviations."""
+        num_keys, width = self.num_features // self.key_group_size, self.encoder.weight.shape[0]
+        return n * (4 * num_keys + 2 * width + 2 * self.num_groups)
 
     def _head(
         self,
@@ -213,42 +210,6 @@ class ILMLayerNorm(_ILMNorm):
     ) -> None:
         _check_num_features(num_features)
         super().__init__(num_features, 1, key_group_size=key_group_size, reduction=reduction, eps=eps)
-
-
-class _FusedILM(torch.autograd.Function):
-    """ILM Norm on the CPU kernels, one C call each way (``ilm_forward`` / ``ilm_backward`` in ``kernels.c``):
-    the instance moments (N, C), the head of steps 1-6 on them (the same function as :meth:`_ILMNorm._head`,
-    its backward written out, in double), then ``y = (x - m) * scale + offset``: a handful of ATen ops per
-    step instead of the head's tens of small ops and their autograd graph."""
-
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, library: Any, setup: tuple[int, int, int, int, float],
-                *params: torch.Tensor) -> torch.Tensor:
-        count, key_size, per_group, width, eps = setup
-        n, c = x.shape[:2]
-        stats = x.new_empty(4, n, c)  # instance mean and variance, scale, offset
-        cache = torch.empty(n, 4 * (c // key_size) + 2 * width + 2 * (c // per_group), dtype=torch.float64)
-        y = torch.empty_like(x)
-        native.call(library, "ilm_forward", x.dtype, x, *params, y, stats, cache, n, c, count, key_size, per_group,
-                    width, eps)
-        ctx.library, ctx.setup = library, setup
-        ctx.save_for_backward(x, stats, cache, *params[:4])
-        return y
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx: Any, grad_y: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        x, stats, cache, *params = ctx.saved_tensors
-        count, key_size, per_group, width, _ = ctx.setup
-        n, c = x.shape[:2]
-        shapes = [p.shape for p in params] + [torch.Size([c])]  # encoder, decoders, weight; bias
-        grad_x, grads = torch.empty_like(x), x.new_empty(sum(s.numel() for s in shapes))
-        if native.call(ctx.library, "ilm_backward", x.dtype, grad_y.contiguous(), x, *params, stats, cache, grad_x,
-                       grads, n, c, count, key_size, per_group, width):
-            raise MemoryError("ilm_backward could not allocate its work space")
-        grads = [g.view(s) for g, s in zip(grads.split([s.numel() for s in shapes]), shapes)]
-        need_x, *need_params = ctx.needs_input_grad[:1] + ctx.needs_input_grad[3:]
-        return (grad_x if need_x else None, None, None, *(g if need else None for g, need in zip(grads, need_params)))
 
 
 def _pooled_moments(

@@ -29,6 +29,12 @@ backward, the sums ``sum_hw dy`` and ``sum_hw dy (x - m)`` (= dL/dscale), then
 cancellation). Each reads x (and dy) once, so the layer moves about the memory of one GroupNorm;
 elsewhere (CUDA) the ATen path above moves about that of two.
 
+A layer whose head also exists in C (``kernels.c``: ILM Norm, LocalNorm, Switchable Norm) runs on the CPU as
+one C call each way instead (:func:`fused_instance_affine`): ``<kernel>_forward`` computes the instance
+moments, the head (in double) and y; ``<kernel>_backward`` the two sums, the head's backward and dL/dx. A
+training step is then a handful of ATen ops, where the head alone is tens of small ops and their autograd
+graph, which at small batches cost more than the passes over x.
+
 Time is O(NCHW); the head costs O(NC) whatever it mixes.
 float16 / bfloat16 input is computed in float32 and the output cast back. The backward pass is not twice
 differentiable.
@@ -175,6 +181,58 @@ def _native_backward(ctx: Any, grad_y: Tensor) -> tuple[Tensor | None, ...]:
         native.call(ctx.library, "row_grad", x.dtype, grad_y, x, mean, scale.contiguous(), p.contiguous(),
                     q.contiguous(), grad_x, n * c, count)
     return (grad_x, None, *found[2:])
+
+
+class _FusedInstanceAffine(torch.autograd.Function):
+    """y = (x - m) * scale + offset with the head in C, one call each way: ``<kernel>_forward(x, *aux, *params,
+    y, stats, cache, N, C, H * W, *setup)`` and ``<kernel>_backward(dy, x, *aux, *params, stats, cache, dx,
+    grads, N, C, H * W, *setup)``; stats holds m, v, scale, offset (4, N, C), the cache what the head keeps
+    for its backward (float64), grads the parameters' gradients one after the other."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, library: Any, kernel: str, setup: tuple[int | float, ...], cache_size: int,
+                aux: tuple[Tensor, ...], *params: Tensor) -> Tensor:
+        n, c, h, w = x.shape
+        stats, cache, y = x.new_empty(4, n, c), torch.empty(cache_size, dtype=torch.float64), torch.empty_like(x)
+        native.call(library, f"{kernel}_forward", x.dtype, x, *aux, *params, y, stats, cache, n, c, h * w, *setup)
+        ctx.library, ctx.kernel, ctx.setup, ctx.aux = library, kernel, setup, aux
+        ctx.save_for_backward(x, stats, cache, *params)
+        return y
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad_y: Tensor) -> tuple[Tensor | None, ...]:
+        x, stats, cache, *params = ctx.saved_tensors
+        n, c, h, w = x.shape
+        grad_x, grads = torch.empty_like(x), x.new_empty(sum(p.numel() for p in params))
+        if native.call(ctx.library, f"{ctx.kernel}_backward", x.dtype, grad_y.contiguous(), x, *ctx.aux, *params,
+                       stats, cache, grad_x, grads, n, c, h * w, *ctx.setup):
+            raise MemoryError(f"{ctx.kernel}_backward could not allocate its work space")
+        grads = [g.view_as(p) for g, p in zip(grads.split([p.numel() for p in params]), params)]
+        needs = ctx.needs_input_grad
+        return (grad_x if needs[0] else None, *(None,) * 5, *(g if need else None for g, need in zip(grads, needs[6:])))
+
+
+def fused_instance_affine(x: Tensor, kernel: str, setup: tuple[int | float, ...], cache_size: int,
+                          aux: tuple[Tensor, ...], params: tuple[Tensor, ...]) -> Tensor | None:
+    """y of a layer whose head is the C kernel pair ``kernel`` (see :class:`_FusedInstanceAffine`), or None
+    where the kernels do not apply (not a non-empty float32 / float64 CPU batch of non-empty maps, kernels
+    unavailable, or an ``aux`` tensor that is neither int64 nor of x's dtype): the caller then runs
+    :func:`instance_affine`.
+
+    ``params`` (cast to x's dtype, made contiguous) get gradients; ``aux`` are read as they are (sample
+    assignments, running estimates, which the forward may update in place); ``setup`` are the ints and floats
+    after N, C and H * W; ``cache_size`` the float64 values the head keeps for its backward.
+    """
+    if not x.shape[0] or not x.shape[2] * x.shape[3] or x.dtype not in _COMPUTE_DTYPES:
+        return None
+    xc = x.contiguous()
+    cast = tuple(p.to(x.dtype).contiguous() for p in params)
+    if any(t.dtype not in (torch.int64, x.dtype) or t.device.type != "cpu" or not t.is_contiguous() for t in aux):
+        return None
+    if (library := native.kernels(xc, *cast)) is None:
+        return None
+    return _FusedInstanceAffine.apply(xc, library, kernel, setup, cache_size, aux, *cast)
 
 
 def instance_affine(x: Tensor, head: Head, *params: Tensor) -> tuple[Tensor, Tensor, Tensor]:

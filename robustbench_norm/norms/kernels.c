@@ -423,8 +423,9 @@ DEFINE_ILM_HEAD(double, f64)
     }                                                                                                          \
                                                                                                                \
     int ilm_backward_##SUFFIX(const T *dy, const T *x, const T *w1, const T *wg, const T *wb, const T *weight, \
-                              const T *stats, const double *cache, T *dx, T *grads, long n, long c, long count, \
-                              long ks, long pg, long M) {                                                      \
+                              const T *bias, const T *stats, const double *cache, T *dx, T *grads, long n,     \
+                              long c, long count, long ks, long pg, long M, double eps) {                      \
+        (void)bias, (void)eps; /* the forward's arguments (the same signature each way, native.call) */        \
         long D = c / ks, sizes = M * D + 2 * D * M + 2 * c;                                                    \
         const T *m = stats, *scale = m + 2 * n * c;                                                            \
         T *work = malloc(sizeof(T) * (size_t)(6 * n * c));                                                     \
@@ -457,6 +458,249 @@ DEFINE_ILM_HEAD(double, f64)
 
 DEFINE_ILM(float, f32)
 DEFINE_ILM(double, f64)
+
+/* The heads of LocalNorm (robustbench_norm/norms/localnorm.py) and Switchable Norm (switchable.py) on the
+ * instance moments m, v (N, C) of a batch: (scale, offset) per (n, c) with y = (x - m) * scale + offset, the
+ * statistics they mix following from m and v by the law of total variance; each layer one C call each way
+ * (instance moments, head, affine map; gradient sums, head backward, input gradient), the head in double.
+ *
+ * LocalNorm: sample i is in sub-batch group[i] (G sub-batches, each non-empty) with affine row row[group[i]]
+ * of weight, bias (K, C). Per sub-batch g and channel c, over its |g| samples,
+ *
+ *   mu_gc = mean_i m_ic,  var_gc = mean_i (v_ic + (m_ic - mu_gc)^2),  r_gc = 1 / sqrt(var_gc + eps),
+ *   scale_ic = weight_kc r_gc,  offset_ic = bias_kc + (m_ic - mu_gc) scale_ic      (k = row[g]).
+ *
+ * The cache keeps mu, r (G, C) and |g| (G). The backward takes dL/dscale (s) and dL/doffset (o) per (i, c):
+ * with t = s + o (m - mu) (scale enters offset too), dL/dweight_kc += t r, dL/dbias_kc += o,
+ * dL/dvar_gc = sum_i -t weight_kc r^3 / 2, dL/dmu_gc = -sum_i o scale - 2 dL/dvar sum_i (m - mu) / |g|, and
+ * dL/dm_ic = o scale + (dL/dmu + 2 dL/dvar (m - mu)) / |g|, dL/dv_ic = dL/dvar / |g|.
+ *
+ * Switchable Norm: with softmax weights wm, wv of (IN, LN, BN) and the LN moments over the channels of a
+ * sample, the BN moments over the samples of a channel (training) or the running estimates (eval),
+ *
+ *   mu_ic = wm0 m_ic + wm1 mu_ln_i + wm2 mu_bn_c,  var_ic = wv0 v_ic + wv1 var_ln_i + wv2 var_bn_c,
+ *   scale_ic = weight_c / sqrt(var_ic + eps),  offset_ic = bias_c + (m_ic - mu_ic) scale_ic.
+ *
+ * In training the forward also updates the running estimates, running += momentum (batch - running), where
+ * the batch value is finite. The cache keeps wm, wv (3 each), mu_ln, var_ln (N), mu_bn, var_bn (C), mu and
+ * r = 1 / sqrt(var + eps) (N, C). */
+#define DEFINE_SUBBATCH_HEADS(T, SUFFIX)                                                                       \
+    int localnorm_forward_##SUFFIX(const T *x, const long *group, const long *row, const T *weight,            \
+                                   const T *bias, T *y, T *stats, double *cache, long n, long c, long count,   \
+                                   long G, long K, double eps) {                                               \
+        T *m = stats, *v = m + n * c, *scale = v + n * c, *offset = scale + n * c;                             \
+        double *mu = cache, *r = mu + G * c, *size = r + G * c;                                                \
+        (void)K;                                                                                               \
+        row_moments_##SUFFIX(x, m, v, n * c, count);                                                           \
+        memset(cache, 0, sizeof(double) * (size_t)(2 * G * c + G));                                            \
+        for (long i = 0; i < n; ++i) {                                                                         \
+            size[group[i]] += 1;                                                                               \
+            for (long j = 0; j < c; ++j) mu[group[i] * c + j] += (double)m[i * c + j];                         \
+        }                                                                                                      \
+        for (long g = 0; g < G; ++g)                                                                           \
+            for (long j = 0; j < c; ++j) mu[g * c + j] /= size[g];                                             \
+        for (long i = 0; i < n; ++i)                                                                           \
+            for (long j = 0; j < c; ++j) {                                                                     \
+                double d = (double)m[i * c + j] - mu[group[i] * c + j];                                        \
+                r[group[i] * c + j] += (double)v[i * c + j] + d * d;                                           \
+            }                                                                                                  \
+        for (long g = 0; g < G; ++g)                                                                           \
+            for (long j = 0; j < c; ++j) r[g * c + j] = 1.0 / sqrt(r[g * c + j] / size[g] + eps);              \
+        for (long i = 0; i < n; ++i) {                                                                         \
+            long g = group[i], k = row[g];                                                                     \
+            for (long j = 0; j < c; ++j) {                                                                     \
+                double s = (double)weight[k * c + j] * r[g * c + j];                                           \
+                scale[i * c + j] = (T)s;                                                                       \
+                offset[i * c + j] = (T)((double)bias[k * c + j] + ((double)m[i * c + j] - mu[g * c + j]) * s); \
+            }                                                                                                  \
+        }                                                                                                      \
+        return row_affine_##SUFFIX(x, m, scale, offset, y, n * c, count);                                      \
+    }                                                                                                          \
+                                                                                                               \
+    int localnorm_backward_##SUFFIX(const T *dy, const T *x, const long *group, const long *row,               \
+                                    const T *weight, const T *bias, const T *stats, const double *cache,       \
+                                    T *dx, T *grads, long n, long c, long count, long G, long K, double eps) { \
+        const T *m = stats, *scale = m + 2 * n * c;                                                            \
+        const double *mu = cache, *r = mu + G * c, *size = r + G * c;                                          \
+        T *work = malloc(sizeof(T) * (size_t)(4 * n * c));                                                     \
+        double *sums = calloc((size_t)(2 * K * c + 3 * G * c), sizeof(double));                                \
+        (void)bias;                                                                                            \
+        (void)eps;                                                                                             \
+        if (!work || !sums) {                                                                                  \
+            free(work);                                                                                        \
+            free(sums);                                                                                        \
+            return 1;                                                                                          \
+        }                                                                                                      \
+        T *grad_sum = work, *grad_centred = grad_sum + n * c, *p = grad_centred + n * c, *q = p + n * c;       \
+        double *grad_weight = sums, *grad_bias = sums + K * c, *d_var = grad_bias + K * c;                     \
+        double *d_mu = d_var + G * c, *centred_sum = d_mu + G * c;                                             \
+        row_grad_sums_##SUFFIX(dy, x, m, grad_sum, grad_centred, n * c, count);                                \
+        for (long i = 0; i < n; ++i) {                                                                         \
+            long g = group[i], k = row[g];                                                                     \
+            for (long j = 0; j < c; ++j) {                                                                     \
+                long gj = g * c + j, kj = k * c + j;                                                           \
+                double d = (double)m[i * c + j] - mu[gj], o = (double)grad_sum[i * c + j];                     \
+                double t = (double)grad_centred[i * c + j] + o * d, rg = r[gj];                                \
+                grad_weight[kj] += t * rg;                                                                     \
+                grad_bias[kj] += o;                                                                            \
+                d_var[gj] -= 0.5 * t * (double)weight[kj] * rg * rg * rg;                                      \
+                d_mu[gj] -= o * (double)weight[kj] * rg;                                                       \
+                centred_sum[gj] += d;                                                                          \
+            }                                                                                                  \
+        }                                                                                                      \
+        for (long g = 0; g < G; ++g)                                                                           \
+            for (long j = 0; j < c; ++j)                                                                       \
+                d_mu[g * c + j] -= 2 * d_var[g * c + j] * centred_sum[g * c + j] / size[g];                    \
+        for (long i = 0; i < n; ++i) {                                                                         \
+            long g = group[i], k = row[g];                                                                     \
+            for (long j = 0; j < c; ++j) {                                                                     \
+                long ij = i * c + j, gj = g * c + j;                                                           \
+                double d = (double)m[ij] - mu[gj], o = (double)grad_sum[ij];                                   \
+                double grad_m = o * (double)weight[k * c + j] * r[gj];                                         \
+                grad_m += (d_mu[gj] + 2 * d_var[gj] * d) / size[g];                                            \
+                p[ij] = (T)(d_var[gj] / size[g] * 2 / (double)count);                                          \
+                q[ij] = (T)((grad_m - (double)scale[ij] * o) / (double)count);                                 \
+            }                                                                                                  \
+        }                                                                                                      \
+        row_grad_##SUFFIX(dy, x, m, scale, p, q, dx, n * c, count);                                            \
+        for (long k = 0; k < 2 * K * c; ++k) grads[k] = (T)sums[k];                                            \
+        free(work);                                                                                            \
+        free(sums);                                                                                            \
+        return 0;                                                                                              \
+    }                                                                                                          \
+                                                                                                               \
+    static void softmax3_##SUFFIX(const T *logits, double *w) {                                                \
+        double top = fmax(fmax((double)logits[0], (double)logits[1]), (double)logits[2]), total = 0;           \
+        for (int z = 0; z < 3; ++z) total += w[z] = exp((double)logits[z] - top);                              \
+        for (int z = 0; z < 3; ++z) w[z] /= total;                                                             \
+    }                                                                                                          \
+                                                                                                               \
+    /* Mean and biased variance of `n` values m[k * stride] of variances v[k * stride] (total variance). */    \
+    static void strided_moments_##SUFFIX(const T *m, const T *v, long n, long stride, double *mean,            \
+                                         double *var) {                                                        \
+        double sum = 0, biased = 0;                                                                            \
+        for (long k = 0; k < n; ++k) sum += (double)m[k * stride];                                             \
+        *mean = sum / (double)n;                                                                               \
+        for (long k = 0; k < n; ++k) {                                                                         \
+            double d = (double)m[k * stride] - *mean;                                                          \
+            biased += (double)v[k * stride] + d * d;                                                           \
+        }                                                                                                      \
+        *var = biased / (double)n;                                                                             \
+    }                                                                                                          \
+                                                                                                               \
+    int switchnorm_forward_##SUFFIX(const T *x, T *running_mean, T *running_var, const T *mean_weight,         \
+                                    const T *var_weight, const T *weight, const T *bias, T *y, T *stats,       \
+                                    double *cache, long n, long c, long count, long training, double momentum, \
+                                    double eps) {                                                              \
+        T *m = stats, *v = m + n * c, *scale = v + n * c, *offset = scale + n * c;                             \
+        double *wm = cache, *wv = wm + 3, *mu_ln = wv + 3, *var_ln = mu_ln + n, *mu_bn = var_ln + n;           \
+        double *var_bn = mu_bn + c, *mu = var_bn + c, *r = mu + n * c;                                         \
+        row_moments_##SUFFIX(x, m, v, n * c, count);                                                           \
+        softmax3_##SUFFIX(mean_weight, wm);                                                                    \
+        softmax3_##SUFFIX(var_weight, wv);                                                                     \
+        for (long i = 0; i < n; ++i)                                                                           \
+            strided_moments_##SUFFIX(m + i * c, v + i * c, c, 1, mu_ln + i, var_ln + i);                       \
+        for (long j = 0; j < c; ++j) {                                                                         \
+            if (training) {                                                                                    \
+                strided_moments_##SUFFIX(m + j, v + j, n, c, mu_bn + j, var_bn + j);                           \
+                T batch_mean = (T)mu_bn[j], batch_var = (T)var_bn[j];                                          \
+                if (isfinite(batch_mean)) running_mean[j] += (T)momentum * (batch_mean - running_mean[j]);     \
+                if (isfinite(batch_var)) running_var[j] += (T)momentum * (batch_var - running_var[j]);         \
+            } else {                                                                                           \
+                mu_bn[j] = (double)running_mean[j];                                                            \
+                var_bn[j] = (double)running_var[j];                                                            \
+            }                                                                                                  \
+        }                                                                                                      \
+        for (long i = 0; i < n; ++i)                                                                           \
+            for (long j = 0; j < c; ++j) {                                                                     \
+                long ij = i * c + j;                                                                           \
+                mu[ij] = wm[0] * (double)m[ij] + wm[1] * mu_ln[i] + wm[2] * mu_bn[j];                          \
+                r[ij] = 1.0 / sqrt(wv[0] * (double)v[ij] + wv[1] * var_ln[i] + wv[2] * var_bn[j] + eps);       \
+                double s = (double)weight[j] * r[ij];                                                          \
+                scale[ij] = (T)s;                                                                              \
+                offset[ij] = (T)((double)bias[j] + ((double)m[ij] - mu[ij]) * s);                              \
+            }                                                                                                  \
+        return row_affine_##SUFFIX(x, m, scale, offset, y, n * c, count);                                      \
+    }                                                                                                          \
+                                                                                                               \
+    /* Adds into dm, dv (stride apart) the gradient of strided_moments from d_mean, d_var. */                  \
+    static void strided_moments_backward_##SUFFIX(const T *m, long n, long stride, double mean, double d_mean, \
+                                                  double d_var, double *dm, double *dv) {                      \
+        double centred_sum = 0;                                                                                \
+        for (long k = 0; k < n; ++k) {                                                                         \
+            double d = (double)m[k * stride] - mean;                                                           \
+            dv[k * stride] += d_var / (double)n;                                                               \
+            dm[k * stride] += 2 * d_var * d / (double)n;                                                       \
+            centred_sum += d;                                                                                  \
+        }                                                                                                      \
+        double shift = (d_mean - 2 * d_var * centred_sum / (double)n) / (double)n;                             \
+        for (long k = 0; k < n; ++k) dm[k * stride] += shift;                                                  \
+    }                                                                                                          \
+                                                                                                               \
+    int switchnorm_backward_##SUFFIX(const T *dy, const T *x, const T *running_mean, const T *running_var,     \
+                                     const T *mean_weight, const T *var_weight, const T *weight,               \
+                                     const T *bias, const T *stats, const double *cache, T *dx, T *grads,      \
+                                     long n, long c, long count, long training, double momentum, double eps) { \
+        const T *m = stats, *v = m + n * c, *scale = v + n * c;                                                \
+        const double *wm = cache, *wv = wm + 3, *mu_ln = wv + 3, *var_ln = mu_ln + n, *mu_bn = var_ln + n;     \
+        const double *var_bn = mu_bn + c, *mu = var_bn + c, *r = mu + n * c;                                   \
+        T *work = malloc(sizeof(T) * (size_t)(4 * n * c));                                                     \
+        double *sums = calloc((size_t)(6 + 2 * c + 2 * n + 2 * c + 2 * n * c), sizeof(double));                \
+        (void)running_mean, (void)running_var, (void)mean_weight, (void)var_weight, (void)bias;                \
+        (void)momentum, (void)eps;                                                                             \
+        if (!work || !sums) {                                                                                  \
+            free(work);                                                                                        \
+            free(sums);                                                                                        \
+            return 1;                                                                                          \
+        }                                                                                                      \
+        T *grad_sum = work, *grad_centred = grad_sum + n * c, *p = grad_centred + n * c, *q = p + n * c;       \
+        double *d_wm = sums, *d_wv = d_wm + 3, *grad_weight = d_wv + 3, *grad_bias = grad_weight + c;          \
+        double *d_mu_ln = grad_bias + c, *d_var_ln = d_mu_ln + n, *d_mu_bn = d_var_ln + n;                     \
+        double *d_var_bn = d_mu_bn + c, *dm = d_var_bn + c, *dv = dm + n * c;                                  \
+        row_grad_sums_##SUFFIX(dy, x, m, grad_sum, grad_centred, n * c, count);                                \
+        for (long i = 0; i < n; ++i)                                                                           \
+            for (long j = 0; j < c; ++j) {                                                                     \
+                long ij = i * c + j;                                                                           \
+                double o = (double)grad_sum[ij], s = (double)weight[j] * r[ij];                                \
+                double t = (double)grad_centred[ij] + o * ((double)m[ij] - mu[ij]);                            \
+                double d_var = -0.5 * t * (double)weight[j] * r[ij] * r[ij] * r[ij], d_mean = -o * s;          \
+                grad_weight[j] += t * r[ij];                                                                   \
+                grad_bias[j] += o;                                                                             \
+                d_wm[0] += d_mean * (double)m[ij];                                                             \
+                d_wm[1] += d_mean * mu_ln[i];                                                                  \
+                d_wm[2] += d_mean * mu_bn[j];                                                                  \
+                d_wv[0] += d_var * (double)v[ij];                                                              \
+                d_wv[1] += d_var * var_ln[i];                                                                  \
+                d_wv[2] += d_var * var_bn[j];                                                                  \
+                dm[ij] = o * s + wm[0] * d_mean;                                                               \
+                dv[ij] = wv[0] * d_var;                                                                        \
+                d_mu_ln[i] += wm[1] * d_mean;                                                                  \
+                d_var_ln[i] += wv[1] * d_var;                                                                  \
+                d_mu_bn[j] += wm[2] * d_mean;                                                                  \
+                d_var_bn[j] += wv[2] * d_var;                                                                  \
+            }                                                                                                  \
+        for (long i = 0; i < n; ++i)                                                                           \
+            strided_moments_backward_##SUFFIX(m + i * c, c, 1, mu_ln[i], d_mu_ln[i], d_var_ln[i], dm + i * c,  \
+                                              dv + i * c);                                                     \
+        for (long j = 0; training && j < c; ++j)                                                               \
+            strided_moments_backward_##SUFFIX(m + j, n, c, mu_bn[j], d_mu_bn[j], d_var_bn[j], dm + j, dv + j); \
+        for (long ij = 0; ij < n * c; ++ij) {                                                                  \
+            p[ij] = (T)(dv[ij] * 2 / (double)count);                                                           \
+            q[ij] = (T)((dm[ij] - (double)scale[ij] * (double)grad_sum[ij]) / (double)count);                  \
+        }                                                                                                      \
+        row_grad_##SUFFIX(dy, x, m, scale, p, q, dx, n * c, count);                                            \
+        for (int z = 0; z < 3; ++z) {                                                                          \
+            grads[z] = (T)(wm[z] * (d_wm[z] - (wm[0] * d_wm[0] + wm[1] * d_wm[1] + wm[2] * d_wm[2])));         \
+            grads[3 + z] = (T)(wv[z] * (d_wv[z] - (wv[0] * d_wv[0] + wv[1] * d_wv[1] + wv[2] * d_wv[2])));     \
+        }                                                                                                      \
+        for (long j = 0; j < 2 * c; ++j) grads[6 + j] = (T)grad_weight[j];                                     \
+        free(work);                                                                                            \
+        free(sums);                                                                                            \
+        return 0;                                                                                              \
+    }
+
+DEFINE_SUBBATCH_HEADS(float, f32)
+DEFINE_SUBBATCH_HEADS(double, f64)
 
 /* Local Context Normalization (robustbench_norm/norms/lcn.py) over x (N, C, H, W), contiguous, in G groups of
  * g = C / G channels, with the clamped P x Q window of lcn.py: the window of pixel r starts at clamp(r - bp,

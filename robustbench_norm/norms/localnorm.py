@@ -37,7 +37,9 @@ Empty batch: ``ValueError`` (a sub-batch of no samples has no statistics).
 Computation. Each sub-batch moment follows from the (N, C) per-sample moments (law of total variance), so
 the layer runs as one fused instance standardisation plus an affine map per (n, c)
 (:func:`robustbench_norm.norms.instance_affine.instance_affine`, written-out backward): the same number of
-ATen ops for any N, K, H and W, and no Python loop over sub-batches.
+ATen ops for any N, K, H and W, and no Python loop over sub-batches. On the CPU (float32 / float64) it is one
+C call each way (``localnorm_forward`` / ``localnorm_backward`` in ``kernels.c``, the sub-batch statistics in
+double; :func:`~robustbench_norm.norms.instance_affine.fused_instance_affine`).
 
 Shapes: input and output ``(N, C, H, W)``; ``weight``, ``bias``: ``(K, C)``. Cost: O(NCHW), as BatchNorm.
 """
@@ -51,7 +53,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robustbench_norm.norms.instance_affine import instance_affine
+from robustbench_norm.norms.instance_affine import fused_instance_affine, instance_affine
 from robustbench_norm.norms.registry import register_norm
 from robustbench_norm.norms.standard import (
     check_eps,
@@ -136,8 +138,12 @@ class LocalNorm(nn.Module):
                 f"LocalNorm in training needs a batch divisible by num_groups: got batch N={n} and "
                 f"K={self.num_groups}; valid batches: multiples of {self.num_groups}"
             )
-        head = _sub_batch_head(*self._assignment(n, x.device), self.eps)
-        return instance_affine(x, head, self.weight, self.bias)[0]
+        groups, rows = self._assignment(n, x.device)
+        params = (self.weight, self.bias)
+        setup, cache_size = (len(rows), self.num_groups, float(self.eps)), (2 * self.num_features + 1) * len(rows)
+        if (y := fused_instance_affine(x, "localnorm", setup, cache_size, (groups, rows), params)) is not None:
+            return y
+        return instance_affine(x, _sub_batch_head(groups, rows, self.eps), *params)[0]
 
     def _assignment(self, n: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """Sub-batch id of each of the n samples and the affine row of each sub-batch (module docstring)."""

@@ -28,8 +28,11 @@ Departures from the authors' PyTorch code (reference/layers.md 5.1), all deliber
 Shapes: input and output ``(N, C, H, W)``; ``weight``, ``bias``, running buffers ``(C,)``; ``mean_weight``,
 ``var_weight``: ``(3,)``. Cost: O(NCHW): one fused instance standardisation plus an affine map per (n, c), with
 the mixing done on (N, C) tensors (:func:`robustbench_norm.norms.instance_affine.instance_affine`, written-out
-backward). An empty batch gives an empty output and leaves the running estimates untouched; a batch whose
-statistics are not finite (NaN or inf input) leaves the affected running entries untouched.
+backward); on the CPU (float32 / float64, running buffers of the input's dtype) one C call each way
+(``switchnorm_forward`` / ``switchnorm_backward`` in ``kernels.c``, the mixing in double, the running estimates
+updated in the forward; :func:`~robustbench_norm.norms.instance_affine.fused_instance_affine`). An empty batch
+gives an empty output and leaves the running estimates untouched; a batch whose statistics are not finite (NaN
+or inf input) leaves the affected running entries untouched.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from robustbench_norm.norms.instance_affine import instance_affine
+from robustbench_norm.norms.instance_affine import fused_instance_affine, instance_affine
 from robustbench_norm.norms.registry import register_norm
 from robustbench_norm.norms.standard import (
     check_eps,
@@ -85,6 +88,12 @@ class SwitchNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input_2d(x, self.num_features, type(self).__name__)
         params = (self.mean_weight, self.var_weight, self.weight, self.bias)
+        n, c = x.shape[:2]
+        setup = (int(self.training), float(self.momentum), float(self.eps))
+        cache_size = 6 + 2 * (n + c) + 2 * n * c  # softmax weights, LN and BN moments, mixed mean and rstd
+        running = (self.running_mean, self.running_var)  # updated in place by the C forward in training
+        if (y := fused_instance_affine(x, "switchnorm", setup, cache_size, running, params)) is not None:
+            return y
         y, mean_in, var_in = instance_affine(x, self._head, *params)
         if self.training and x.shape[0] > 0:
             mean_bn, var_bn = _batch_moments(mean_in, var_in)
