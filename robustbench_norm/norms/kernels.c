@@ -246,6 +246,24 @@ typedef double vec_f64 __attribute__((vector_size(VECTOR_BYTES)));
 DEFINE_ROW_KERNELS(float, f32)
 DEFINE_ROW_KERNELS(double, f64)
 
+/* Running estimates (robustbench_norm/norms/standard.py, update_running_): running <- running + w (batch -
+ * running), torch.lerp's formula (taken from the batch's end for w >= 0.5), only where the batch value is
+ * finite. */
+#define DEFINE_RUNNING_UPDATE(T, SUFFIX)                                                                       \
+    static inline T running_value_##SUFFIX(T running, T batch, T w) {                                          \
+        if (!isfinite(batch)) return running;                                                                  \
+        return w < (T)0.5 ? running + w * (batch - running) : batch - (batch - running) * ((T)1 - w);          \
+    }                                                                                                          \
+                                                                                                               \
+    int running_update_##SUFFIX(T *running, const T *batch, long count, double momentum) {                     \
+        for (long i = 0; i < count; ++i)                                                                       \
+            running[i] = running_value_##SUFFIX(running[i], batch[i], (T)momentum);                            \
+        return 0;                                                                                              \
+    }
+
+DEFINE_RUNNING_UPDATE(float, f32)
+DEFINE_RUNNING_UPDATE(double, f64)
+
 /* The head of ILM Norm (robustbench_norm/norms/ilm.py, steps 1-6) on the instance moments m, v (N, C) of one
  * batch: (scale, offset) per (n, c), y = (x - m) * scale + offset; and its backward. Per sample, with key
  * groups k of ks channels, standardisation groups g of pg channels, u(n) = n / max(n - 1, 1) over `count`
@@ -603,9 +621,8 @@ DEFINE_ILM(double, f64)
         for (long j = 0; j < c; ++j) {                                                                         \
             if (training) {                                                                                    \
                 strided_moments_##SUFFIX(m + j, v + j, n, c, mu_bn + j, var_bn + j);                           \
-                T batch_mean = (T)mu_bn[j], batch_var = (T)var_bn[j];                                          \
-                if (isfinite(batch_mean)) running_mean[j] += (T)momentum * (batch_mean - running_mean[j]);     \
-                if (isfinite(batch_var)) running_var[j] += (T)momentum * (batch_var - running_var[j]);         \
+                running_mean[j] = running_value_##SUFFIX(running_mean[j], (T)mu_bn[j], (T)momentum);           \
+                running_var[j] = running_value_##SUFFIX(running_var[j], (T)var_bn[j], (T)momentum);            \
             } else {                                                                                           \
                 mu_bn[j] = (double)running_mean[j];                                                            \
                 var_bn[j] = (double)running_var[j];                                                            \
@@ -1132,22 +1149,31 @@ DEFINE_CHANNEL_COPY(double, f64)
         }                                                                                                      \
     }                                                                                                          \
                                                                                                                \
-    /* EM on samples (C, M) (mixture.fit_mixture after its start): per iteration the posteriors and moments    \
-     * above, then prior = max(mass / M, min_prior), mean, var = max(var, var_floor); updated in place. */     \
+    /* EM on samples (C, M) (mixture.fit_mixture), one channel at a time (its samples and posteriors stay in   \
+     * the cache through the iterations): the start of mixture.initial_mixture from the channel's mean and     \
+     * biased variance (prior 1 / K, mean + sqrt(var) z_k, max(var, var_floor)), then per iteration the        \
+     * posteriors and moments above, prior = max(mass / M, min_prior), mean, var = max(var, var_floor). */     \
     int mixture_em_##SUFFIX(const T *samples, long c, long m, long K, long iterations, double var_floor,       \
-                            double min_prior, double tiny, T *prior, T *mean, T *var) {                        \
+                            double min_prior, double tiny, const T *z, T *prior, T *mean, T *var) {            \
         T *work = malloc(sizeof(T) * (size_t)(K * m + 2 * MIXTURE_CHUNK + 3 * K));                             \
         if (!work) return 1;                                                                                   \
         T *tau = work, *top = tau + K * m, *total = top + MIXTURE_CHUNK, *log_const = total + MIXTURE_CHUNK;   \
-        T *mu = log_const + K, *half_inv_v = mu + K;                                                           \
-        for (long it = 0; it < iterations; ++it) {                                                             \
-            for (long ch = 0; ch < c; ++ch) {                                                                  \
-                const T *xs = samples + ch * m;                                                                \
+        T *mu = log_const + K, *half_inv_v = mu + K, floor_v = (T)var_floor;                                   \
+        for (long ch = 0; ch < c; ++ch) {                                                                      \
+            const T *xs = samples + ch * m;                                                                    \
+            T start_mean, start_var;                                                                           \
+            row_moments_##SUFFIX(xs, &start_mean, &start_var, 1, m);                                           \
+            for (long k = 0; k < K; ++k) {                                                                     \
+                prior[ch * K + k] = (T)1 / (T)K;                                                               \
+                mean[ch * K + k] = start_mean + SQRT(start_var) * z[k];                                        \
+                var[ch * K + k] = start_var > floor_v ? start_var : floor_v;                                   \
+            }                                                                                                  \
+            for (long it = 0; it < iterations; ++it) {                                                         \
                 mixture_setup_##SUFFIX(prior, mean, var, ch, K, log_const, mu, half_inv_v);                    \
                 mixture_posteriors_##SUFFIX(xs, m, K, log_const, mu, half_inv_v, top, total, tau);             \
                 mixture_moments_##SUFFIX(xs, tau, m, K, ch, tiny, prior, mean, var);                           \
                 for (long k = 0; k < K; ++k) {                                                                 \
-                    T share = prior[ch * K + k] / (T)m, floor_v = (T)var_floor;                                \
+                    T share = prior[ch * K + k] / (T)m;                                                        \
                     prior[ch * K + k] = share > (T)min_prior ? share : (T)min_prior;                           \
                     var[ch * K + k] = var[ch * K + k] > floor_v ? var[ch * K + k] : floor_v;                   \
                 }                                                                                              \

@@ -56,10 +56,14 @@ def check_momentum(momentum: float) -> None:
 def update_running_(running: torch.Tensor, batch: torch.Tensor, momentum: float) -> None:
     """``running <- (1 - momentum) * running + momentum * batch`` (in place, no gradient), entry by entry
     where ``batch`` is finite: a non-finite batch statistic (NaN or inf input) leaves its entry untouched,
-    so the running estimates of a layer never become non-finite."""
+    so the running estimates of a layer never become non-finite. On the CPU one C loop (``running_update``,
+    ``kernels.c``) instead of ``isfinite``, ``where`` and ``lerp_``."""
     with torch.no_grad():
         batch = batch.detach().to(running.dtype)
-        running.lerp_(torch.where(torch.isfinite(batch), batch, running), momentum)
+        if batch.shape == running.shape and (library := native.kernels(running, batch)) is not None:
+            native.call(library, "running_update", running.dtype, running, batch, running.numel(), float(momentum))
+        else:
+            running.lerp_(torch.where(torch.isfinite(batch), batch, running), momentum)
 
 
 def check_input_2d(x: torch.Tensor, num_features: int, layer: str) -> None:
