@@ -196,19 +196,21 @@ class _FusedInstanceAffine(torch.autograd.Function):
         stats, cache, y = x.new_empty(4, n, c), torch.empty(cache_size, dtype=torch.float64), torch.empty_like(x)
         native.call(library, f"{kernel}_forward", x.dtype, x, *aux, *params, y, stats, cache, n, c, h * w, *setup)
         ctx.library, ctx.kernel, ctx.setup, ctx.aux = library, kernel, setup, aux
-        ctx.save_for_backward(x, stats, cache, *params)
+        ctx.stats, ctx.cache = stats, cache  # the layer's own buffers: no version check needed
+        ctx.save_for_backward(x, *params)
         return y
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad_y: Tensor) -> tuple[Tensor | None, ...]:
-        x, stats, cache, *params = ctx.saved_tensors
+        x, *params = ctx.saved_tensors
         n, c, h, w = x.shape
-        grad_x, grads = torch.empty_like(x), x.new_empty(sum(p.numel() for p in params))
+        sizes = [p.numel() for p in params]
+        grad_x, grads = torch.empty_like(x), x.new_empty(sum(sizes))
         if native.call(ctx.library, f"{ctx.kernel}_backward", x.dtype, grad_y.contiguous(), x, *ctx.aux, *params,
-                       stats, cache, grad_x, grads, n, c, h * w, *ctx.setup):
+                       ctx.stats, ctx.cache, grad_x, grads, n, c, h * w, *ctx.setup):
             raise MemoryError(f"{ctx.kernel}_backward could not allocate its work space")
-        grads = [g.view_as(p) for g, p in zip(grads.split([p.numel() for p in params]), params)]
+        grads = [g.view(p.shape) for g, p in zip(grads.split(sizes), params)]
         needs = ctx.needs_input_grad
         return (grad_x if needs[0] else None, *(None,) * 5, *(g if need else None for g, need in zip(grads, needs[6:])))
 
@@ -220,15 +222,15 @@ def fused_instance_affine(x: Tensor, kernel: str, setup: tuple[int | float, ...]
     unavailable, or an ``aux`` tensor that is neither int64 nor of x's dtype): the caller then runs
     :func:`instance_affine`.
 
-    ``params`` (cast to x's dtype, made contiguous) get gradients; ``aux`` are read as they are (sample
+    ``params`` (cast to x's dtype; contiguous, as parameters are, or the kernels do not apply) get gradients; ``aux`` are read as they are (sample
     assignments, running estimates, which the forward may update in place); ``setup`` are the ints and floats
     after N, C and H * W; ``cache_size`` the float64 values the head keeps for its backward.
     """
     if not x.shape[0] or not x.shape[2] * x.shape[3] or x.dtype not in _COMPUTE_DTYPES:
         return None
     xc = x.contiguous()
-    cast = tuple(p.to(x.dtype).contiguous() for p in params)
-    if any(t.dtype not in (torch.int64, x.dtype) or t.device.type != "cpu" or not t.is_contiguous() for t in aux):
+    cast = params if all(p.dtype == x.dtype for p in params) else tuple(p.to(x.dtype) for p in params)
+    if any(t.dtype not in (torch.int64, x.dtype) or not t.is_cpu or not t.is_contiguous() for t in aux):
         return None
     if (library := native.kernels(xc, *cast)) is None:
         return None

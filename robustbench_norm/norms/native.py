@@ -96,7 +96,7 @@ def kernels(*tensors: torch.Tensor) -> ctypes.CDLL | None:
     and the library is available; None otherwise (the caller then runs its ATen path)."""
     dtype = tensors[0].dtype
     if not enabled() or dtype not in _SUFFIX or any(
-        t.device.type != "cpu" or t.dtype != dtype or not t.is_contiguous() for t in tensors
+        not t.is_cpu or t.dtype != dtype or not t.is_contiguous() for t in tensors
     ):
         return None
     return _library()
