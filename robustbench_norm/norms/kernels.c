@@ -1098,10 +1098,14 @@ DEFINE_CHANNEL_COPY(double, f64)
     }                                                                                                          \
                                                                                                                \
     /* The posteriors tau[k * L + l] of the L values xs of one channel under its mixture (the constants of     \
-     * mixture_setup), a chunk of MIXTURE_CHUNK values at a time, so that the chunk's passes stay in the cache; \
-     * top and total are scratch of MIXTURE_CHUNK values each. */                                              \
+     * mixture_setup), a chunk of MIXTURE_CHUNK values at a time, so that the chunk's passes stay in the       \
+     * cache; top and total are scratch of MIXTURE_CHUNK values each. With sums (3 K doubles, zeroed here),    \
+     * each chunk's posteriors are also summed while in the cache, about the component means mu (a shift       \
+     * that keeps the one-pass variance free of cancellation): sum tau_k, sum tau_k (x - mu_k) and             \
+     * sum tau_k (x - mu_k)^2. */                                                                              \
     static void mixture_posteriors_##SUFFIX(const T *xs, long L, long K, const T *log_const, const T *mu,      \
-                                            const T *half_inv_v, T *top, T *total, T *tau) {                   \
+                                            const T *half_inv_v, T *top, T *total, T *tau, double *sums) {     \
+        if (sums) memset(sums, 0, sizeof(double) * (size_t)(3 * K));                                           \
         for (long start = 0; start < L; start += MIXTURE_CHUNK) {                                              \
             long m = L - start < MIXTURE_CHUNK ? L - start : MIXTURE_CHUNK;                                    \
             const T *xc = xs + start;                                                                          \
@@ -1122,30 +1126,32 @@ DEFINE_CHANNEL_COPY(double, f64)
             for (long k = 0; k < K; ++k) {                                                                     \
                 T *t = tau + k * L + start;                                                                    \
                 for (long l = 0; l < m; ++l) t[l] *= total[l];                                                 \
+                if (!sums) continue;                                                                           \
+                double mass = 0, first = 0, second = 0, shift = (double)mu[k];                                 \
+                _Pragma("omp simd reduction(+ : mass, first, second)") for (long l = 0; l < m; ++l) {          \
+                    double d = (double)xc[l] - shift;                                                          \
+                    mass += t[l];                                                                              \
+                    first += t[l] * d;                                                                         \
+                    second += t[l] * d * d;                                                                    \
+                }                                                                                              \
+                sums[3 * k] += mass;                                                                           \
+                sums[3 * k + 1] += first;                                                                      \
+                sums[3 * k + 2] += second;                                                                     \
             }                                                                                                  \
         }                                                                                                      \
     }                                                                                                          \
                                                                                                                \
-    /* Posterior mass (raw), mean and variance (about that mean: a second pass) of each component over the L   \
-     * values xs with posteriors tau: the M-step's statistics and the training forward's normalising moments,  \
-     * at [ch * K + k]. */                                                                                     \
-    static void mixture_moments_##SUFFIX(const T *xs, const T *tau, long L, long K, long ch, double tiny,      \
+    /* Posterior mass (raw), mean and variance of each component from the sums of mixture_posteriors (about    \
+     * mu): the M-step's statistics and the training forward's normalising moments, at [ch * K + k]. A         \
+     * component of no mass (every posterior below e^-64 of the largest) gets mean 0 and variance 0. */        \
+    static void mixture_moments_##SUFFIX(const double *sums, const T *mu, long K, long ch, double tiny,        \
                                          T *mass_out, T *mean_out, T *var_out) {                               \
         for (long k = 0; k < K; ++k) {                                                                         \
-            const T *t = tau + k * L;                                                                          \
-            double mass = 0, first = 0, second = 0;                                                            \
-            _Pragma("omp simd reduction(+ : mass, first)") for (long l = 0; l < L; ++l) {                      \
-                mass += t[l];                                                                                  \
-                first += t[l] * xs[l];                                                                         \
-            }                                                                                                  \
+            double mass = sums[3 * k], clamped = mass > tiny ? mass : tiny;                                    \
+            double offset = sums[3 * k + 1] / clamped, spread = sums[3 * k + 2] / clamped - offset * offset;   \
             mass_out[ch * K + k] = (T)mass;                                                                    \
-            mass = mass > tiny ? mass : tiny;                                                                  \
-            T m_k = mean_out[ch * K + k] = (T)(first / mass);                                                  \
-            _Pragma("omp simd reduction(+ : second)") for (long l = 0; l < L; ++l) {                           \
-                T d = xs[l] - m_k;                                                                             \
-                second += t[l] * d * d;                                                                        \
-            }                                                                                                  \
-            var_out[ch * K + k] = (T)(second / mass);                                                          \
+            mean_out[ch * K + k] = (T)((mass * (double)mu[k] + sums[3 * k + 1]) / clamped);                    \
+            var_out[ch * K + k] = (T)(spread > 0 ? spread : 0);                                                \
         }                                                                                                      \
     }                                                                                                          \
                                                                                                                \
@@ -1156,7 +1162,12 @@ DEFINE_CHANNEL_COPY(double, f64)
     int mixture_em_##SUFFIX(const T *samples, long c, long m, long K, long iterations, double var_floor,       \
                             double min_prior, double tiny, const T *z, T *prior, T *mean, T *var) {            \
         T *work = malloc(sizeof(T) * (size_t)(K * m + 2 * MIXTURE_CHUNK + 3 * K));                             \
-        if (!work) return 1;                                                                                   \
+        double *sums = malloc(sizeof(double) * (size_t)(3 * K));                                               \
+        if (!work || !sums) {                                                                                  \
+            free(work);                                                                                        \
+            free(sums);                                                                                        \
+            return 1;                                                                                          \
+        }                                                                                                      \
         T *tau = work, *top = tau + K * m, *total = top + MIXTURE_CHUNK, *log_const = total + MIXTURE_CHUNK;   \
         T *mu = log_const + K, *half_inv_v = mu + K, floor_v = (T)var_floor;                                   \
         for (long ch = 0; ch < c; ++ch) {                                                                      \
@@ -1170,8 +1181,8 @@ DEFINE_CHANNEL_COPY(double, f64)
             }                                                                                                  \
             for (long it = 0; it < iterations; ++it) {                                                         \
                 mixture_setup_##SUFFIX(prior, mean, var, ch, K, log_const, mu, half_inv_v);                    \
-                mixture_posteriors_##SUFFIX(xs, m, K, log_const, mu, half_inv_v, top, total, tau);             \
-                mixture_moments_##SUFFIX(xs, tau, m, K, ch, tiny, prior, mean, var);                           \
+                mixture_posteriors_##SUFFIX(xs, m, K, log_const, mu, half_inv_v, top, total, tau, sums);       \
+                mixture_moments_##SUFFIX(sums, mu, K, ch, tiny, prior, mean, var);                             \
                 for (long k = 0; k < K; ++k) {                                                                 \
                     T share = prior[ch * K + k] / (T)m;                                                        \
                     prior[ch * K + k] = share > (T)min_prior ? share : (T)min_prior;                           \
@@ -1180,6 +1191,7 @@ DEFINE_CHANNEL_COPY(double, f64)
             }                                                                                                  \
         }                                                                                                      \
         free(work);                                                                                            \
+        free(sums);                                                                                            \
         return 0;                                                                                              \
     }                                                                                                          \
                                                                                                                \
@@ -1188,15 +1200,22 @@ DEFINE_CHANNEL_COPY(double, f64)
                                  long n, long c, long p, long K, double eps, double tiny) {                    \
         long L = n * p;                                                                                        \
         T *work = malloc(sizeof(T) * (size_t)((K + 1) * L + 3 * MIXTURE_CHUNK + 3 * K));                       \
-        if (!work) return 1;                                                                                   \
-        T *tau = work, *xs = tau + K * L, *top = xs + L, *total = top + MIXTURE_CHUNK, *x_hat = total + MIXTURE_CHUNK; \
+        double *sums = malloc(sizeof(double) * (size_t)(3 * K));                                               \
+        if (!work || !sums) {                                                                                  \
+            free(work);                                                                                        \
+            free(sums);                                                                                        \
+            return 1;                                                                                          \
+        }                                                                                                      \
+        T *tau = work, *xs = tau + K * L, *top = xs + L, *total = top + MIXTURE_CHUNK;                         \
+        T *x_hat = total + MIXTURE_CHUNK;                                                                      \
         T *log_const = x_hat + MIXTURE_CHUNK, *mu = log_const + K, *half_inv_v = mu + K;                       \
         for (long ch = 0; ch < c; ++ch) {                                                                      \
             mixture_setup_##SUFFIX(prior, mean, var, ch, K, log_const, mu, half_inv_v);                        \
             channel_gather_##SUFFIX(x, c, p, ch, 0, L, xs);                                                    \
-            mixture_posteriors_##SUFFIX(xs, L, K, log_const, mu, half_inv_v, top, total, tau);                 \
+            mixture_posteriors_##SUFFIX(xs, L, K, log_const, mu, half_inv_v, top, total, tau,                  \
+                                        training ? sums : NULL);                                               \
             if (training) {                                                                                    \
-                mixture_moments_##SUFFIX(xs, tau, L, K, ch, tiny, mass_out, norm_mean, norm_var);              \
+                mixture_moments_##SUFFIX(sums, mu, K, ch, tiny, mass_out, norm_mean, norm_var);                \
                 for (long k = 0; k < K; ++k)                                                                   \
                     mass_out[ch * K + k] = mass_out[ch * K + k] > (T)tiny ? mass_out[ch * K + k] : (T)tiny;    \
             }                                                                                                  \
@@ -1215,6 +1234,7 @@ DEFINE_CHANNEL_COPY(double, f64)
             }                                                                                                  \
         }                                                                                                      \
         free(work);                                                                                            \
+        free(sums);                                                                                            \
         return 0;                                                                                              \
     }                                                                                                          \
                                                                                                                \
@@ -1239,7 +1259,7 @@ DEFINE_CHANNEL_COPY(double, f64)
             mixture_setup_##SUFFIX(prior, mean, var, ch, K, log_const, mu, half_inv_v);                        \
             channel_gather_##SUFFIX(x, c, p, ch, 0, L, xs);                                                    \
             channel_gather_##SUFFIX(dy, c, p, ch, 0, L, gs);                                                   \
-            mixture_posteriors_##SUFFIX(xs, L, K, log_const, mu, half_inv_v, top, sum, tau);                   \
+            mixture_posteriors_##SUFFIX(xs, L, K, log_const, mu, half_inv_v, top, sum, tau, NULL);             \
             T wc = w[ch];                                                                                      \
             double sum_w = 0, sum_b = 0;                                                                       \
             for (long k = 0; k < K; ++k) {                                                                     \
