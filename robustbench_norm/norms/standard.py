@@ -367,11 +367,12 @@ def _positional_norm_native_backward(
     library: Any, grad_y: torch.Tensor, x: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor, weight: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dL/dx, dL/dgamma, dL/dbeta) from the fused C backward (dL/dgamma and dL/dbeta summed in float64)."""
-    grad_x, grads = torch.empty_like(x), x.new_empty(2, x.shape[1])
+    n, c, h, w = x.shape
+    grad_x, grad_weight, grad_bias = torch.empty_like(x), x.new_empty(c), x.new_empty(c)
     if native.call(library, "positional_norm_backward", x.dtype, grad_y, x, weight, mean, rstd, grad_x,
-                   grads[0], grads[1], x.shape[0], x.shape[1], x.shape[2] * x.shape[3]):
+                   grad_weight, grad_bias, n, c, h * w):
         raise MemoryError("positional_norm_backward could not allocate its block sums")
-    return grad_x, grads[0], grads[1]
+    return grad_x, grad_weight, grad_bias
 
 
 # BatchNorm's CUDA kernels refuse eps = 0; 1 + 1e-30 rounds to exactly 1 in every floating dtype.
