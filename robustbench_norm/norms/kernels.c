@@ -1027,9 +1027,11 @@ DEFINE_LCN(double, f64, sqrt)
  *             dw = sum dy x_hat, db = sum dy.
  *
  * One channel at a time: its values are gathered into a contiguous buffer and their posteriors computed once,
- * a chunk of MIXTURE_CHUNK values at a time (so the chunk's passes stay in the cache), and kept for the
- * channel's later passes (K values per value of the channel: two more forward in training, two backward);
- * every loop runs over the values (vectorised); the sums are taken in double. exp is evaluated by range
+ * a chunk of MIXTURE_CHUNK values at a time (so the chunk's passes stay in the cache; in training the chunk's
+ * moments are summed in the same pass), and kept for the channel's output pass; a forward whose result needs
+ * a gradient keeps every posterior (`kept`, (C, K, N P), as the ATen path keeps its K posterior tensors) for
+ * the backward, which reads them instead of computing them again. Every loop runs over the values
+ * (vectorised); the sums are taken in double. exp is evaluated by range
  * reduction to [-ln 2 / 2, ln 2 / 2] and a Taylor polynomial (degree 7 in float, 13 in double: below the
  * dtype's rounding), written out so that the loops vectorise; the softmax only exponentiates values <= 0, and
  * a posterior below e^-64 of the largest is taken as 0 (far below the dtype's rounding, and it keeps
@@ -1197,19 +1199,20 @@ DEFINE_CHANNEL_COPY(double, f64)
                                                                                                                \
     int mixture_forward_##SUFFIX(const T *x, const T *w, const T *b, const T *prior, const T *mean,            \
                                  const T *var, T *norm_mean, T *norm_var, T *mass_out, int training, T *y,     \
-                                 long n, long c, long p, long K, double eps, double tiny) {                    \
+                                 T *kept, int keep, long n, long c, long p, long K, double eps, double tiny) { \
         long L = n * p;                                                                                        \
-        T *work = malloc(sizeof(T) * (size_t)((K + 1) * L + 3 * MIXTURE_CHUNK + 3 * K));                       \
+        T *work = malloc(sizeof(T) * (size_t)((keep ? 0 : K * L) + L + 3 * MIXTURE_CHUNK + 3 * K));            \
         double *sums = malloc(sizeof(double) * (size_t)(3 * K));                                               \
         if (!work || !sums) {                                                                                  \
             free(work);                                                                                        \
             free(sums);                                                                                        \
             return 1;                                                                                          \
         }                                                                                                      \
-        T *tau = work, *xs = tau + K * L, *top = xs + L, *total = top + MIXTURE_CHUNK;                         \
-        T *x_hat = total + MIXTURE_CHUNK;                                                                      \
+        T *xs = work, *top = xs + L, *total = top + MIXTURE_CHUNK, *x_hat = total + MIXTURE_CHUNK;             \
         T *log_const = x_hat + MIXTURE_CHUNK, *mu = log_const + K, *half_inv_v = mu + K;                       \
+        T *scratch = half_inv_v + K;                                                                           \
         for (long ch = 0; ch < c; ++ch) {                                                                      \
+            T *tau = keep ? kept + ch * K * L : scratch;                                                       \
             mixture_setup_##SUFFIX(prior, mean, var, ch, K, log_const, mu, half_inv_v);                        \
             channel_gather_##SUFFIX(x, c, p, ch, 0, L, xs);                                                    \
             mixture_posteriors_##SUFFIX(xs, L, K, log_const, mu, half_inv_v, top, total, tau,                  \
@@ -1240,17 +1243,17 @@ DEFINE_CHANNEL_COPY(double, f64)
                                                                                                                \
     int mixture_backward_##SUFFIX(const T *dy, const T *x, const T *w, const T *prior, const T *mean,          \
                                   const T *var, const T *norm_mean, const T *norm_var, const T *mass,          \
-                                  int training, T *dx, double *dw, double *db, long n, long c, long p, long K, \
-                                  double eps) {                                                                \
+                                  int training, const T *kept, T *dx, double *dw, double *db, long n, long c,  \
+                                  long p, long K, double eps) {                                                \
         long L = n * p;                                                                                        \
-        T *work = malloc(sizeof(T) * (size_t)((K + 2) * L + 5 * MIXTURE_CHUNK + 8 * K));                       \
+        T *work = malloc(sizeof(T) * (size_t)(2 * L + 4 * MIXTURE_CHUNK + 8 * K));                             \
         double *sums = malloc(sizeof(double) * (size_t)(2 * K));                                               \
         if (!work || !sums) {                                                                                  \
             free(work);                                                                                        \
             free(sums);                                                                                        \
             return 1;                                                                                          \
         }                                                                                                      \
-        T *tau = work, *xs = tau + K * L, *gs = xs + L, *top = gs + L, *sum = top + MIXTURE_CHUNK;             \
+        T *xs = work, *gs = xs + L, *sum = gs + L;                                                             \
         T *total_t = sum + MIXTURE_CHUNK, *total_d = total_t + MIXTURE_CHUNK, *x_hat = total_d + MIXTURE_CHUNK; \
         T *log_const = x_hat + MIXTURE_CHUNK, *mu = log_const + K, *half_inv_v = mu + K, *scale = half_inv_v + K; \
         T *c1 = scale + K, *c2 = c1 + K, *m_k = c2 + K, *s_k = m_k + K;                                        \
@@ -1259,7 +1262,7 @@ DEFINE_CHANNEL_COPY(double, f64)
             mixture_setup_##SUFFIX(prior, mean, var, ch, K, log_const, mu, half_inv_v);                        \
             channel_gather_##SUFFIX(x, c, p, ch, 0, L, xs);                                                    \
             channel_gather_##SUFFIX(dy, c, p, ch, 0, L, gs);                                                   \
-            mixture_posteriors_##SUFFIX(xs, L, K, log_const, mu, half_inv_v, top, sum, tau, NULL);             \
+            const T *tau = kept + ch * K * L;                                                                  \
             T wc = w[ch];                                                                                      \
             double sum_w = 0, sum_b = 0;                                                                       \
             for (long k = 0; k < K; ++k) {                                                                     \

@@ -42,10 +42,10 @@ Shapes: input and output ``(N, C, H, W)``; ``weight``, ``bias``: ``(C,)``; mixtu
 buffers: ``(C, K)``. Cost: O(NCHW * K) time for the normalisation, plus O(C * EM_MAX_VALUES * K *
 em_iterations) for EM. On the CPU (contiguous float32 / float64) EM, forward and backward are one C kernel
 each (``kernels.c``, :mod:`robustbench_norm.norms.native`): one channel at a time, its posteriors computed
-once (in chunks that stay in the cache) and kept for the channel's other passes, so the extra memory is K + 2
-values per value of one channel (about (K + 2) / C of the input). Elsewhere (GPU) a custom autograd function
-over K separate (N, C, H, W) posteriors with a written-out backward: about 20 K passes over the batch forward
-and 20 K backward.
+once (in chunks that stay in the cache, the training moments summed in the same pass); a forward that needs a
+gradient keeps them for the backward (K values per input value, as the ATen path keeps its K posterior
+tensors). Elsewhere (GPU) a custom autograd function over K separate (N, C, H, W) posteriors with a
+written-out backward: about 20 K passes over the batch forward and 20 K backward.
 """
 
 from __future__ import annotations
@@ -226,11 +226,13 @@ class _MixtureNormFunction(torch.autograd.Function):
         mixture: GaussianMixture,
         moments: tuple[torch.Tensor, torch.Tensor] | None,
         eps: float,
+        keep: bool,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         ctx.library = native.kernels(x, weight, bias, *mixture, *(moments or ()))
         if ctx.library is not None:
-            y, mass, mean, var = _native_forward(ctx.library, x, weight, bias, mixture, moments, eps)
+            y, mass, mean, var, kept = _native_forward(ctx.library, x, weight, bias, mixture, moments, eps, keep)
             ctx.save_for_backward(x, weight)
+            ctx.kept = kept  # the posteriors: the layer's own buffer, read by the backward only
             ctx.constants = (mixture, mass, mean, var, None, eps)
             ctx.mark_non_differentiable(mean, var)
             return y, mean, var
@@ -255,7 +257,7 @@ class _MixtureNormFunction(torch.autograd.Function):
     @once_differentiable
     def backward(ctx: Any, grad_y: torch.Tensor, _mean: torch.Tensor, _var: torch.Tensor) -> tuple:
         if ctx.library is not None:
-            return (*_native_backward(ctx, grad_y.contiguous()), None, None, None)
+            return (*_native_backward(ctx, grad_y.contiguous()), None, None, None, None)
         x, weight, x_hat, *tau = ctx.saved_tensors
         mixture, mass, mean, var, scale, eps = ctx.constants
         grad_y = grad_y.contiguous()
@@ -265,7 +267,7 @@ class _MixtureNormFunction(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             g = grad_y * _channel_map(weight)
             grad_x = _input_grad(x, g, tau, mixture, mass, mean, var, scale, eps)
-        return grad_x, grad_weight, grad_bias, None, None, None
+        return grad_x, grad_weight, grad_bias, None, None, None, None
 
 
 def _native_forward(
@@ -276,19 +278,23 @@ def _native_forward(
     mixture: GaussianMixture,
     moments: tuple[torch.Tensor, torch.Tensor] | None,
     eps: float,
-) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]:
-    """(y, posterior masses (training) or None, m, s) from the C kernel (``kernels.c``, same formulas)."""
+    keep: bool,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(y, posterior masses (training) or None, m, s, posteriors) from the C kernel (``kernels.c``, same
+    formulas); the posteriors (C, K, N H W) are kept for the backward when ``keep``, else an empty tensor."""
     n, c, h, w = x.shape
     components = mixture.mean.shape[1]
     y = torch.empty_like(x)
+    kept = x.new_empty((c, components, n * h * w) if keep else (0,))
     if moments is None:
         mean, var, mass = (x.new_empty(c, components) for _ in range(3))
     else:
         (mean, var), mass = moments, x.new_empty(c, components)
     if native.call(library, "mixture_forward", x.dtype, x, weight, bias, *mixture, mean, var, mass,
-                   int(moments is None), y, n, c, h * w, components, float(eps), torch.finfo(x.dtype).tiny):
-        raise MemoryError("mixture_forward could not allocate its per-channel posteriors")
-    return y, mass if moments is None else None, mean, var
+                   int(moments is None), y, kept, int(keep), n, c, h * w, components, float(eps),
+                   torch.finfo(x.dtype).tiny):
+        raise MemoryError("mixture_forward could not allocate its per-channel scratch")
+    return y, mass if moments is None else None, mean, var, kept
 
 
 def _native_backward(ctx: Any, grad_y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -300,9 +306,9 @@ def _native_backward(ctx: Any, grad_y: torch.Tensor) -> tuple[torch.Tensor, torc
     grad_weight, grad_bias = (torch.zeros(c, dtype=torch.float64) for _ in range(2))
     training = mass is not None
     if native.call(ctx.library, "mixture_backward", x.dtype, grad_y, x, weight, *mixture, mean, var,
-                   mass if training else mean, int(training), grad_x, grad_weight, grad_bias, n, c, h * w,
-                   mixture.mean.shape[1], float(eps)):
-        raise MemoryError("mixture_backward could not allocate its per-channel posteriors")
+                   mass if training else mean, int(training), ctx.kept, grad_x, grad_weight, grad_bias, n, c,
+                   h * w, mixture.mean.shape[1], float(eps)):
+        raise MemoryError("mixture_backward could not allocate its per-channel scratch")
     return grad_x, grad_weight.to(x.dtype), grad_bias.to(x.dtype)
 
 
@@ -317,7 +323,8 @@ def mixture_normalize(
     """``y = gamma * sum_k tau_k(x) / sqrt(lambda_k) * (x - m_k) / sqrt(s_k + eps) + beta`` for a fixed
     ``mixture``, with (m_k, s_k) = ``moments`` or, if None, the posterior-weighted batch moments E_k[x] and
     E_k[(x - E_k[x])^2]. Returns (y, m, s); y is differentiable in x, weight and bias (m, s are not)."""
-    return _MixtureNormFunction.apply(x, weight, bias, mixture, moments, eps)
+    keep = torch.is_grad_enabled() and any(t.requires_grad for t in (x, weight, bias))  # a backward will run
+    return _MixtureNormFunction.apply(x, weight, bias, mixture, moments, eps, keep)
 
 
 def _input_grad(
