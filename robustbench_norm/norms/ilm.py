@@ -108,7 +108,8 @@ class _ILMNorm(nn.Module):
         params = (
             self.encoder.weight, self.weight_decoder.weight, self.bias_decoder.weight, self.weight, self.bias
         )
-        if (y := fused_instance_affine(x, "ilm", self._setup(), self._cache_size(x.shape[0]), (), params)) is not None:
+        y = fused_instance_affine(x, "ilm", self._setup(), self._cache_size(x.shape[0]), (), params)
+        if y is not None:
             return y
         return instance_affine(x, functools.partial(self._head, x.shape[2] * x.shape[3]), *params)[0]
 

@@ -211,7 +211,7 @@ class _FusedInstanceAffine(torch.autograd.Function):
                        ctx.stats, ctx.cache, grad_x, grads, n, c, h * w, *ctx.setup):
             raise MemoryError(f"{ctx.kernel}_backward could not allocate its work space")
         grads = [g.view(p.shape) for g, p in zip(grads.split(sizes), params)]
-        needs = ctx.needs_input_grad
+        needs = ctx.needs_input_grad  # x, five arguments that are not tensors, then the parameters
         return (grad_x if needs[0] else None, *(None,) * 5, *(g if need else None for g, need in zip(grads, needs[6:])))
 
 
@@ -222,9 +222,10 @@ def fused_instance_affine(x: Tensor, kernel: str, setup: tuple[int | float, ...]
     unavailable, or an ``aux`` tensor that is neither int64 nor of x's dtype): the caller then runs
     :func:`instance_affine`.
 
-    ``params`` (cast to x's dtype; contiguous, as parameters are, or the kernels do not apply) get gradients; ``aux`` are read as they are (sample
-    assignments, running estimates, which the forward may update in place); ``setup`` are the ints and floats
-    after N, C and H * W; ``cache_size`` the float64 values the head keeps for its backward.
+    ``params`` (cast to x's dtype; contiguous, as parameters are, or the kernels do not apply) get gradients;
+    ``aux`` are read as they are (sample assignments, running estimates, which the forward may update in
+    place); ``setup`` are the ints and floats after N, C and H * W; ``cache_size`` the float64 values the head
+    keeps for its backward.
     """
     if not x.shape[0] or not x.shape[2] * x.shape[3] or x.dtype not in _COMPUTE_DTYPES:
         return None
