@@ -12,6 +12,7 @@ import torch
 
 from robustbench_norm.norms import build_norm, native
 from robustbench_norm.norms.localnorm import localnorm_evaluation
+from robustbench_norm.norms.standard import update_running_
 
 LAYERS = [
     ("positionalnorm", {}),
@@ -171,3 +172,18 @@ def test_call_rejects_arguments_that_are_not_tensors_ints_or_floats(native_kerne
     x = torch.zeros(2, 3)
     with pytest.raises(TypeError, match="got bool"):
         native.call(native.kernels(x), "row_moments", x.dtype, x, x.new_empty(2), x.new_empty(2), True, 3)
+
+
+@pytest.mark.parametrize("momentum", [0.1, 0.5, 0.9])
+def test_running_update_agrees_with_lerp_and_skips_non_finite_batch_values(momentum, monkeypatch, native_kernels):
+    batch = torch.tensor([1.0, float("nan"), float("inf"), -3.0, float("-inf")])
+
+    def updated() -> torch.Tensor:
+        running = torch.tensor([0.5, 2.0, -1.0, 4.0, 7.0])
+        update_running_(running, batch, momentum)
+        return running
+
+    fused = updated()
+    assert fused[[1, 2, 4]].tolist() == [2.0, -1.0, 7.0]
+    monkeypatch.setenv(native.DISABLE_VARIABLE, "0")
+    torch.testing.assert_close(fused, updated(), rtol=1e-6, atol=0)
