@@ -264,6 +264,49 @@ DEFINE_ROW_KERNELS(double, f64)
 DEFINE_RUNNING_UPDATE(float, f32)
 DEFINE_RUNNING_UPDATE(double, f64)
 
+/* The two ends of the backward of a fused instance-affine layer (ILM Norm, LocalNorm, Switchable Norm; see
+ * robustbench_norm/norms/instance_affine.py): y = (x - m) scale + offset per instance (R = N C of them), the
+ * head (scale, offset) a function of the instance moments m, v and the layer's parameters.
+ *
+ *   affine_backward_start:  work space: T values s = sum dy (= dL/doffset) and t = sum dy (x - m) (= dL/dscale),
+ *                           computed here, and p, q (R each); zeroed doubles dL/dm, dL/dv (R each) and `extra`
+ *                           more for the head (its parameters' gradients first). Returns 1 when it cannot
+ *                           allocate them (nothing left allocated), 0 otherwise.
+ *   affine_backward_finish: dx = dy scale + (x - m) p + q, p = 2 dL/dv / count, q = (dL/dm - scale s) / count;
+ *                           the first `params` extra doubles to grads (T); frees the work space. */
+#define DEFINE_AFFINE_BACKWARD(T, SUFFIX)                                                                      \
+    static int affine_backward_start_##SUFFIX(const T *dy, const T *x, const T *m, long rows, long count,      \
+                                              long extra, T **work, double **sums) {                           \
+        *work = malloc(sizeof(T) * (size_t)(4 * rows));                                                        \
+        *sums = calloc((size_t)(2 * rows + extra), sizeof(double));                                            \
+        if (!*work || !*sums) {                                                                                \
+            free(*work);                                                                                       \
+            free(*sums);                                                                                       \
+            return 1;                                                                                          \
+        }                                                                                                      \
+        row_grad_sums_##SUFFIX(dy, x, m, *work, *work + rows, rows, count);                                    \
+        return 0;                                                                                              \
+    }                                                                                                          \
+                                                                                                               \
+    static int affine_backward_finish_##SUFFIX(const T *dy, const T *x, const T *m, const T *scale, T *work,   \
+                                               double *sums, T *dx, T *grads, long rows, long count,           \
+                                               long params) {                                                  \
+        T *p = work + 2 * rows, *q = p + rows;                                                                 \
+        const double *grad_m = sums, *grad_v = sums + rows, *grad_params = grad_v + rows;                      \
+        for (long r = 0; r < rows; ++r) {                                                                      \
+            p[r] = (T)(2 * grad_v[r] / (double)count);                                                         \
+            q[r] = (T)((grad_m[r] - (double)scale[r] * (double)work[r]) / (double)count);                      \
+        }                                                                                                      \
+        row_grad_##SUFFIX(dy, x, m, scale, p, q, dx, rows, count);                                             \
+        for (long k = 0; k < params; ++k) grads[k] = (T)grad_params[k];                                        \
+        free(work);                                                                                            \
+        free(sums);                                                                                            \
+        return 0;                                                                                              \
+    }
+
+DEFINE_AFFINE_BACKWARD(float, f32)
+DEFINE_AFFINE_BACKWARD(double, f64)
+
 /* The head of ILM Norm (robustbench_norm/norms/ilm.py, steps 1-6) on the instance moments m, v (N, C) of one
  * batch: (scale, offset) per (n, c), y = (x - m) * scale + offset; and its backward. Per sample, with key
  * groups k of ks channels, standardisation groups g of pg channels, u(n) = n / max(n - 1, 1) over `count`
@@ -355,18 +398,20 @@ DEFINE_RUNNING_UPDATE(double, f64)
                                                                                                                \
     static int ilm_head_backward_##SUFFIX(const T *m, const T *w1, const T *wg, const T *wb,                   \
                                           const T *weight, const double *cache, const T *grad_scale,           \
-                                          const T *grad_offset, T *grad_m, T *grad_v, double *grad_w1,         \
-                                          double *grad_wg, double *grad_wb, double *grad_weight, double *grad_bias, \
-                                          long n, long c, long count, long ks, long pg, long M) {              \
+                                          const T *grad_offset, double *grad_m, double *grad_v,                \
+                                          double *grad_w1, double *grad_wg, double *grad_wb,                   \
+                                          double *grad_weight, double *grad_bias, long n, long c, long count,  \
+                                          long ks, long pg, long M) {                                          \
         long D = c / ks, G = c / pg, stride = 4 * D + 2 * M + 2 * G;                                           \
         double uk = (double)(ks * count) / (double)(ks * count > 1 ? ks * count - 1 : 1);                      \
         double ug = (double)(pg * count) / (double)(pg * count > 1 ? pg * count - 1 : 1);                      \
-        double *work = malloc(sizeof(double) * (size_t)(4 * D + 2 * M + 2 * G + 2 * c));                       \
+        double *work = malloc(sizeof(double) * (size_t)(4 * D + 2 * M + 2 * G));                               \
         if (!work) return 1;                                                                                   \
         double *d_bet = work, *d_gam = d_bet + D, *d_mk = d_gam + D, *d_vk = d_mk + D, *d_hm = d_vk + D;       \
-        double *d_hs = d_hm + M, *d_mg = d_hs + M, *d_vg = d_mg + G, *dm = d_vg + G, *dv = dm + c;             \
+        double *d_hs = d_hm + M, *d_mg = d_hs + M, *d_vg = d_mg + G;                                           \
         for (long i = 0; i < n; ++i) {                                                                         \
             const T *mi = m + i * c, *gs = grad_scale + i * c, *go = grad_offset + i * c;                      \
+            double *dm = grad_m + i * c, *dv = grad_v + i * c;                                                 \
             const double *mk = cache + i * stride, *vk = mk + D, *hm = vk + D, *hs = hm + M, *bet = hs + M;    \
             const double *gam = bet + D, *mg = gam + D, *rg = mg + G;                                          \
             for (long d = 0; d < D; ++d) d_bet[d] = d_gam[d] = 0;                                              \
@@ -412,10 +457,6 @@ DEFINE_RUNNING_UPDATE(double, f64)
                 d_vk[d] = sv;                                                                                  \
             }                                                                                                  \
             pooled_moments_backward_##SUFFIX(mi, mk, d_mk, d_vk, D, ks, uk, dm, dv);                           \
-            for (long ch = 0; ch < c; ++ch) {                                                                  \
-                grad_m[i * c + ch] = (T)dm[ch];                                                                \
-                grad_v[i * c + ch] = (T)dv[ch];                                                                \
-            }                                                                                                  \
         }                                                                                                      \
         free(work);                                                                                            \
         return 0;                                                                                              \
@@ -444,34 +485,20 @@ DEFINE_ILM_HEAD(double, f64)
                               const T *bias, const T *stats, const double *cache, T *dx, T *grads, long n,     \
                               long c, long count, long ks, long pg, long M, double eps) {                      \
         (void)bias, (void)eps; /* the forward's arguments (the same signature each way, native.call) */        \
-        long D = c / ks, sizes = M * D + 2 * D * M + 2 * c;                                                    \
-        const T *m = stats, *scale = m + 2 * n * c;                                                            \
-        T *work = malloc(sizeof(T) * (size_t)(6 * n * c));                                                     \
-        double *sums = calloc((size_t)sizes, sizeof(double));                                                  \
-        if (!work || !sums) {                                                                                  \
+        long D = c / ks, sizes = M * D + 2 * D * M + 2 * c, rows = n * c;                                      \
+        const T *m = stats, *scale = m + 2 * rows;                                                             \
+        T *work;                                                                                               \
+        double *sums;                                                                                          \
+        if (affine_backward_start_##SUFFIX(dy, x, m, rows, count, sizes, &work, &sums)) return 1;              \
+        double *grad_w1 = sums + 2 * rows, *grad_wg = grad_w1 + M * D, *grad_wb = grad_wg + D * M;             \
+        if (ilm_head_backward_##SUFFIX(m, w1, wg, wb, weight, cache, work + rows, work, sums, sums + rows,     \
+                                       grad_w1, grad_wg, grad_wb, grad_wb + D * M, grad_wb + D * M + c, n, c,  \
+                                       count, ks, pg, M)) {                                                    \
             free(work);                                                                                        \
             free(sums);                                                                                        \
             return 1;                                                                                          \
         }                                                                                                      \
-        T *grad_sum = work, *grad_centred = grad_sum + n * c, *grad_m = grad_centred + n * c;                  \
-        T *grad_v = grad_m + n * c, *p = grad_v + n * c, *q = p + n * c;                                       \
-        row_grad_sums_##SUFFIX(dy, x, m, grad_sum, grad_centred, n * c, count);                                \
-        if (ilm_head_backward_##SUFFIX(m, w1, wg, wb, weight, cache, grad_centred, grad_sum, grad_m, grad_v, sums, \
-                                       sums + M * D, sums + 2 * M * D, sums + 3 * M * D, sums + 3 * M * D + c, \
-                                       n, c, count, ks, pg, M)) {                                              \
-            free(work);                                                                                        \
-            free(sums);                                                                                        \
-            return 1;                                                                                          \
-        }                                                                                                      \
-        for (long r = 0; r < n * c; ++r) {                                                                     \
-            p[r] = grad_v[r] * (T)2 / (T)count;                                                                \
-            q[r] = (grad_m[r] - scale[r] * grad_sum[r]) / (T)count;                                            \
-        }                                                                                                      \
-        row_grad_##SUFFIX(dy, x, m, scale, p, q, dx, n * c, count);                                            \
-        for (long k = 0; k < sizes; ++k) grads[k] = (T)sums[k];                                                \
-        free(work);                                                                                            \
-        free(sums);                                                                                            \
-        return 0;                                                                                              \
+        return affine_backward_finish_##SUFFIX(dy, x, m, scale, work, sums, dx, grads, rows, count, sizes);    \
     }
 
 DEFINE_ILM(float, f32)
@@ -538,53 +565,41 @@ DEFINE_ILM(double, f64)
     int localnorm_backward_##SUFFIX(const T *dy, const T *x, const long *group, const long *row,               \
                                     const T *weight, const T *bias, const T *stats, const double *cache,       \
                                     T *dx, T *grads, long n, long c, long count, long G, long K, double eps) { \
-        const T *m = stats, *scale = m + 2 * n * c;                                                            \
+        (void)bias, (void)eps; /* the forward's arguments (the same signature each way, native.call) */        \
+        long rows = n * c, params = 2 * K * c;                                                                 \
+        const T *m = stats, *scale = m + 2 * rows;                                                             \
         const double *mu = cache, *r = mu + G * c, *size = r + G * c;                                          \
-        T *work = malloc(sizeof(T) * (size_t)(4 * n * c));                                                     \
-        double *sums = calloc((size_t)(2 * K * c + 3 * G * c), sizeof(double));                                \
-        (void)bias;                                                                                            \
-        (void)eps;                                                                                             \
-        if (!work || !sums) {                                                                                  \
-            free(work);                                                                                        \
-            free(sums);                                                                                        \
-            return 1;                                                                                          \
-        }                                                                                                      \
-        T *grad_sum = work, *grad_centred = grad_sum + n * c, *p = grad_centred + n * c, *q = p + n * c;       \
-        double *grad_weight = sums, *grad_bias = sums + K * c, *d_var = grad_bias + K * c;                     \
-        double *d_mu = d_var + G * c, *centred_sum = d_mu + G * c;                                             \
-        row_grad_sums_##SUFFIX(dy, x, m, grad_sum, grad_centred, n * c, count);                                \
+        T *work;                                                                                               \
+        double *sums;                                                                                          \
+        if (affine_backward_start_##SUFFIX(dy, x, m, rows, count, params + 3 * G * c, &work, &sums)) return 1; \
+        const T *grad_sum = work, *grad_centred = work + rows;                                                 \
+        double *grad_m = sums, *grad_v = grad_m + rows, *grad_weight = grad_v + rows;                          \
+        double *grad_bias = grad_weight + K * c, *d_var = grad_bias + K * c, *d_mu = d_var + G * c;            \
+        double *centred_sum = d_mu + G * c;                                                                    \
         for (long i = 0; i < n; ++i) {                                                                         \
             long g = group[i], k = row[g];                                                                     \
             for (long j = 0; j < c; ++j) {                                                                     \
-                long gj = g * c + j, kj = k * c + j;                                                           \
-                double d = (double)m[i * c + j] - mu[gj], o = (double)grad_sum[i * c + j];                     \
-                double t = (double)grad_centred[i * c + j] + o * d, rg = r[gj];                                \
+                long ij = i * c + j, gj = g * c + j, kj = k * c + j;                                           \
+                double d = (double)m[ij] - mu[gj], o = (double)grad_sum[ij], rg = r[gj];                       \
+                double t = (double)grad_centred[ij] + o * d, s = (double)weight[kj] * rg;                      \
                 grad_weight[kj] += t * rg;                                                                     \
                 grad_bias[kj] += o;                                                                            \
                 d_var[gj] -= 0.5 * t * (double)weight[kj] * rg * rg * rg;                                      \
-                d_mu[gj] -= o * (double)weight[kj] * rg;                                                       \
+                d_mu[gj] -= o * s;                                                                             \
                 centred_sum[gj] += d;                                                                          \
+                grad_m[ij] = o * s;                                                                            \
             }                                                                                                  \
         }                                                                                                      \
-        for (long g = 0; g < G; ++g)                                                                           \
-            for (long j = 0; j < c; ++j)                                                                       \
-                d_mu[g * c + j] -= 2 * d_var[g * c + j] * centred_sum[g * c + j] / size[g];                    \
         for (long i = 0; i < n; ++i) {                                                                         \
-            long g = group[i], k = row[g];                                                                     \
+            long g = group[i];                                                                                 \
             for (long j = 0; j < c; ++j) {                                                                     \
                 long ij = i * c + j, gj = g * c + j;                                                           \
-                double d = (double)m[ij] - mu[gj], o = (double)grad_sum[ij];                                   \
-                double grad_m = o * (double)weight[k * c + j] * r[gj];                                         \
-                grad_m += (d_mu[gj] + 2 * d_var[gj] * d) / size[g];                                            \
-                p[ij] = (T)(d_var[gj] / size[g] * 2 / (double)count);                                          \
-                q[ij] = (T)((grad_m - (double)scale[ij] * o) / (double)count);                                 \
+                double d_mu_all = d_mu[gj] - 2 * d_var[gj] * centred_sum[gj] / size[g];                        \
+                grad_m[ij] += (d_mu_all + 2 * d_var[gj] * ((double)m[ij] - mu[gj])) / size[g];                 \
+                grad_v[ij] = d_var[gj] / size[g];                                                              \
             }                                                                                                  \
         }                                                                                                      \
-        row_grad_##SUFFIX(dy, x, m, scale, p, q, dx, n * c, count);                                            \
-        for (long k = 0; k < 2 * K * c; ++k) grads[k] = (T)sums[k];                                            \
-        free(work);                                                                                            \
-        free(sums);                                                                                            \
-        return 0;                                                                                              \
+        return affine_backward_finish_##SUFFIX(dy, x, m, scale, work, sums, dx, grads, rows, count, params);   \
     }                                                                                                          \
                                                                                                                \
     static void softmax3_##SUFFIX(const T *logits, double *w) {                                                \
@@ -658,23 +673,19 @@ DEFINE_ILM(double, f64)
                                      const T *mean_weight, const T *var_weight, const T *weight,               \
                                      const T *bias, const T *stats, const double *cache, T *dx, T *grads,      \
                                      long n, long c, long count, long training, double momentum, double eps) { \
-        const T *m = stats, *v = m + n * c, *scale = v + n * c;                                                \
-        const double *wm = cache, *wv = wm + 3, *mu_ln = wv + 3, *var_ln = mu_ln + n, *mu_bn = var_ln + n;     \
-        const double *var_bn = mu_bn + c, *mu = var_bn + c, *r = mu + n * c;                                   \
-        T *work = malloc(sizeof(T) * (size_t)(4 * n * c));                                                     \
-        double *sums = calloc((size_t)(6 + 2 * c + 2 * n + 2 * c + 2 * n * c), sizeof(double));                \
         (void)running_mean, (void)running_var, (void)mean_weight, (void)var_weight, (void)bias;                \
-        (void)momentum, (void)eps;                                                                             \
-        if (!work || !sums) {                                                                                  \
-            free(work);                                                                                        \
-            free(sums);                                                                                        \
-            return 1;                                                                                          \
-        }                                                                                                      \
-        T *grad_sum = work, *grad_centred = grad_sum + n * c, *p = grad_centred + n * c, *q = p + n * c;       \
-        double *d_wm = sums, *d_wv = d_wm + 3, *grad_weight = d_wv + 3, *grad_bias = grad_weight + c;          \
-        double *d_mu_ln = grad_bias + c, *d_var_ln = d_mu_ln + n, *d_mu_bn = d_var_ln + n;                     \
-        double *d_var_bn = d_mu_bn + c, *dm = d_var_bn + c, *dv = dm + n * c;                                  \
-        row_grad_sums_##SUFFIX(dy, x, m, grad_sum, grad_centred, n * c, count);                                \
+        (void)momentum, (void)eps; /* the forward's arguments (the same signature each way, native.call) */    \
+        long rows = n * c, params = 6 + 2 * c, extra = params + 2 * (n + c);                                   \
+        const T *m = stats, *v = m + rows, *scale = v + rows;                                                  \
+        const double *wm = cache, *wv = wm + 3, *mu_ln = wv + 3, *var_ln = mu_ln + n, *mu_bn = var_ln + n;     \
+        const double *var_bn = mu_bn + c, *mu = var_bn + c, *r = mu + rows;                                    \
+        T *work;                                                                                               \
+        double *sums;                                                                                          \
+        if (affine_backward_start_##SUFFIX(dy, x, m, rows, count, extra, &work, &sums)) return 1;              \
+        const T *grad_sum = work, *grad_centred = work + rows;                                                 \
+        double *dm = sums, *dv = dm + rows, *d_wm = dv + rows, *d_wv = d_wm + 3, *grad_weight = d_wv + 3;      \
+        double *grad_bias = grad_weight + c, *d_mu_ln = grad_bias + c, *d_var_ln = d_mu_ln + n;                \
+        double *d_mu_bn = d_var_ln + n, *d_var_bn = d_mu_bn + c;                                               \
         for (long i = 0; i < n; ++i)                                                                           \
             for (long j = 0; j < c; ++j) {                                                                     \
                 long ij = i * c + j;                                                                           \
@@ -701,20 +712,14 @@ DEFINE_ILM(double, f64)
                                               dv + i * c);                                                     \
         for (long j = 0; training && j < c; ++j)                                                               \
             strided_moments_backward_##SUFFIX(m + j, n, c, mu_bn[j], d_mu_bn[j], d_var_bn[j], dm + j, dv + j); \
-        for (long ij = 0; ij < n * c; ++ij) {                                                                  \
-            p[ij] = (T)(dv[ij] * 2 / (double)count);                                                           \
-            q[ij] = (T)((dm[ij] - (double)scale[ij] * (double)grad_sum[ij]) / (double)count);                  \
+        double dot_m = wm[0] * d_wm[0] + wm[1] * d_wm[1] + wm[2] * d_wm[2];                                    \
+        double dot_v = wv[0] * d_wv[0] + wv[1] * d_wv[1] + wv[2] * d_wv[2];                                    \
+        for (int z = 0; z < 3; ++z) { /* through the softmaxes to the logits */                                \
+            d_wm[z] = wm[z] * (d_wm[z] - dot_m);                                                               \
+            d_wv[z] = wv[z] * (d_wv[z] - dot_v);                                                               \
         }                                                                                                      \
-        row_grad_##SUFFIX(dy, x, m, scale, p, q, dx, n * c, count);                                            \
-        for (int z = 0; z < 3; ++z) {                                                                          \
-            grads[z] = (T)(wm[z] * (d_wm[z] - (wm[0] * d_wm[0] + wm[1] * d_wm[1] + wm[2] * d_wm[2])));         \
-            grads[3 + z] = (T)(wv[z] * (d_wv[z] - (wv[0] * d_wv[0] + wv[1] * d_wv[1] + wv[2] * d_wv[2])));     \
-        }                                                                                                      \
-        for (long j = 0; j < 2 * c; ++j) grads[6 + j] = (T)grad_weight[j];                                     \
-        free(work);                                                                                            \
-        free(sums);                                                                                            \
-        return 0;                                                                                              \
-    }
+        return affine_backward_finish_##SUFFIX(dy, x, m, scale, work, sums, dx, grads, rows, count, params);   \
+    }                                                                                                          \
 
 DEFINE_SUBBATCH_HEADS(float, f32)
 DEFINE_SUBBATCH_HEADS(double, f64)
@@ -1164,12 +1169,8 @@ DEFINE_CHANNEL_COPY(double, f64)
     int mixture_em_##SUFFIX(const T *samples, long c, long m, long K, long iterations, double var_floor,       \
                             double min_prior, double tiny, const T *z, T *prior, T *mean, T *var) {            \
         T *work = malloc(sizeof(T) * (size_t)(K * m + 2 * MIXTURE_CHUNK + 3 * K));                             \
-        double *sums = malloc(sizeof(double) * (size_t)(3 * K));                                               \
-        if (!work || !sums) {                                                                                  \
-            free(work);                                                                                        \
-            free(sums);                                                                                        \
-            return 1;                                                                                          \
-        }                                                                                                      \
+        double sums[3 * K]; /* the posterior sums of one channel (mixture_posteriors) */                       \
+        if (!work) return 1;                                                                                   \
         T *tau = work, *top = tau + K * m, *total = top + MIXTURE_CHUNK, *log_const = total + MIXTURE_CHUNK;   \
         T *mu = log_const + K, *half_inv_v = mu + K, floor_v = (T)var_floor;                                   \
         for (long ch = 0; ch < c; ++ch) {                                                                      \
@@ -1193,7 +1194,6 @@ DEFINE_CHANNEL_COPY(double, f64)
             }                                                                                                  \
         }                                                                                                      \
         free(work);                                                                                            \
-        free(sums);                                                                                            \
         return 0;                                                                                              \
     }                                                                                                          \
                                                                                                                \
@@ -1202,12 +1202,8 @@ DEFINE_CHANNEL_COPY(double, f64)
                                  T *kept, int keep, long n, long c, long p, long K, double eps, double tiny) { \
         long L = n * p;                                                                                        \
         T *work = malloc(sizeof(T) * (size_t)((keep ? 0 : K * L) + L + 3 * MIXTURE_CHUNK + 3 * K));            \
-        double *sums = malloc(sizeof(double) * (size_t)(3 * K));                                               \
-        if (!work || !sums) {                                                                                  \
-            free(work);                                                                                        \
-            free(sums);                                                                                        \
-            return 1;                                                                                          \
-        }                                                                                                      \
+        double sums[3 * K]; /* the posterior sums of one channel (mixture_posteriors) */                       \
+        if (!work) return 1;                                                                                   \
         T *xs = work, *top = xs + L, *total = top + MIXTURE_CHUNK, *x_hat = total + MIXTURE_CHUNK;             \
         T *log_const = x_hat + MIXTURE_CHUNK, *mu = log_const + K, *half_inv_v = mu + K;                       \
         T *scratch = half_inv_v + K;                                                                           \
@@ -1237,7 +1233,6 @@ DEFINE_CHANNEL_COPY(double, f64)
             }                                                                                                  \
         }                                                                                                      \
         free(work);                                                                                            \
-        free(sums);                                                                                            \
         return 0;                                                                                              \
     }                                                                                                          \
                                                                                                                \
@@ -1247,17 +1242,12 @@ DEFINE_CHANNEL_COPY(double, f64)
                                   long p, long K, double eps) {                                                \
         long L = n * p;                                                                                        \
         T *work = malloc(sizeof(T) * (size_t)(2 * L + 4 * MIXTURE_CHUNK + 8 * K));                             \
-        double *sums = malloc(sizeof(double) * (size_t)(2 * K));                                               \
-        if (!work || !sums) {                                                                                  \
-            free(work);                                                                                        \
-            free(sums);                                                                                        \
-            return 1;                                                                                          \
-        }                                                                                                      \
+        double gathered[K], spread[K]; /* per component: sum g tau_k and sum g tau_k e_k of one channel */     \
+        if (!work) return 1;                                                                                   \
         T *xs = work, *gs = xs + L, *sum = gs + L;                                                             \
         T *total_t = sum + MIXTURE_CHUNK, *total_d = total_t + MIXTURE_CHUNK, *x_hat = total_d + MIXTURE_CHUNK; \
         T *log_const = x_hat + MIXTURE_CHUNK, *mu = log_const + K, *half_inv_v = mu + K, *scale = half_inv_v + K; \
         T *c1 = scale + K, *c2 = c1 + K, *m_k = c2 + K, *s_k = m_k + K;                                        \
-        double *gathered = sums, *spread = gathered + K;                                                       \
         for (long ch = 0; ch < c; ++ch) {                                                                      \
             mixture_setup_##SUFFIX(prior, mean, var, ch, K, log_const, mu, half_inv_v);                        \
             channel_gather_##SUFFIX(x, c, p, ch, 0, L, xs);                                                    \
@@ -1319,7 +1309,6 @@ DEFINE_CHANNEL_COPY(double, f64)
             }                                                                                                  \
         }                                                                                                      \
         free(work);                                                                                            \
-        free(sums);                                                                                            \
         return 0;                                                                                              \
     }
 
