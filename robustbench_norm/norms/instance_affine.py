@@ -186,8 +186,8 @@ def _native_backward(ctx: Any, grad_y: Tensor) -> tuple[Tensor | None, ...]:
 class _FusedInstanceAffine(torch.autograd.Function):
     """y = (x - m) * scale + offset with the head in C, one call each way: ``<kernel>_forward(x, *aux, *params,
     y, stats, cache, N, C, H * W, *setup)`` and ``<kernel>_backward(dy, x, *aux, *params, stats, cache, dx,
-    grads, N, C, H * W, *setup)``; stats holds m, v, scale, offset (4, N, C), the cache what the head keeps
-    for its backward (float64), grads the parameters' gradients one after the other."""
+    *grads, N, C, H * W, *setup)``; stats holds m, v, scale, offset (4, N, C), the cache what the head keeps
+    for its backward (float64), grads one tensor per parameter (its shape)."""
 
     @staticmethod
     def forward(ctx: Any, x: Tensor, library: Any, kernel: str, setup: tuple[int | float, ...], cache_size: int,
@@ -205,12 +205,10 @@ class _FusedInstanceAffine(torch.autograd.Function):
     def backward(ctx: Any, grad_y: Tensor) -> tuple[Tensor | None, ...]:
         x, *params = ctx.saved_tensors
         n, c, h, w = x.shape
-        sizes = [p.numel() for p in params]
-        grad_x, grads = torch.empty_like(x), x.new_empty(sum(sizes))
+        grad_x, grads = torch.empty_like(x), [torch.empty_like(p) for p in params]
         if native.call(ctx.library, f"{ctx.kernel}_backward", x.dtype, grad_y.contiguous(), x, *ctx.aux, *params,
-                       ctx.stats, ctx.cache, grad_x, grads, n, c, h * w, *ctx.setup):
+                       ctx.stats, ctx.cache, grad_x, *grads, n, c, h * w, *ctx.setup):
             raise MemoryError(f"{ctx.kernel}_backward could not allocate its work space")
-        grads = [g.view(p.shape) for g, p in zip(grads.split(sizes), params)]
         needs = ctx.needs_input_grad  # x, five arguments that are not tensors, then the parameters
         return (grad_x if needs[0] else None, *(None,) * 5, *(g if need else None for g, need in zip(grads, needs[6:])))
 

@@ -273,7 +273,8 @@ DEFINE_RUNNING_UPDATE(double, f64)
  *                           more for the head (its parameters' gradients first). Returns 1 when it cannot
  *                           allocate them (nothing left allocated), 0 otherwise.
  *   affine_backward_finish: dx = dy scale + (x - m) p + q, p = 2 dL/dv / count, q = (dL/dm - scale s) / count;
- *                           the first `params` extra doubles to grads (T); frees the work space. */
+ *                           the parameters' gradients (the first extra doubles, `params` tensors of sizes[k]
+ *                           values one after the other) to grads[k] (T); frees the work space. */
 #define DEFINE_AFFINE_BACKWARD(T, SUFFIX)                                                                      \
     static int affine_backward_start_##SUFFIX(const T *dy, const T *x, const T *m, long rows, long count,      \
                                               long extra, T **work, double **sums) {                           \
@@ -289,8 +290,8 @@ DEFINE_RUNNING_UPDATE(double, f64)
     }                                                                                                          \
                                                                                                                \
     static int affine_backward_finish_##SUFFIX(const T *dy, const T *x, const T *m, const T *scale, T *work,   \
-                                               double *sums, T *dx, T *grads, long rows, long count,           \
-                                               long params) {                                                  \
+                                               double *sums, T *dx, long rows, long count, long params,        \
+                                               T *const *grads, const long *sizes) {                           \
         T *p = work + 2 * rows, *q = p + rows;                                                                 \
         const double *grad_m = sums, *grad_v = sums + rows, *grad_params = grad_v + rows;                      \
         for (long r = 0; r < rows; ++r) {                                                                      \
@@ -298,7 +299,8 @@ DEFINE_RUNNING_UPDATE(double, f64)
             q[r] = (T)((grad_m[r] - (double)scale[r] * (double)work[r]) / (double)count);                      \
         }                                                                                                      \
         row_grad_##SUFFIX(dy, x, m, scale, p, q, dx, rows, count);                                             \
-        for (long k = 0; k < params; ++k) grads[k] = (T)grad_params[k];                                        \
+        for (long k = 0; k < params; grad_params += sizes[k++])                                                \
+            for (long i = 0; i < sizes[k]; ++i) grads[k][i] = (T)grad_params[i];                               \
         free(work);                                                                                            \
         free(sums);                                                                                            \
         return 0;                                                                                              \
@@ -482,14 +484,17 @@ DEFINE_ILM_HEAD(double, f64)
     }                                                                                                          \
                                                                                                                \
     int ilm_backward_##SUFFIX(const T *dy, const T *x, const T *w1, const T *wg, const T *wb, const T *weight, \
-                              const T *bias, const T *stats, const double *cache, T *dx, T *grads, long n,     \
-                              long c, long count, long ks, long pg, long M, double eps) {                      \
+                              const T *bias, const T *stats, const double *cache, T *dx, T *dw1, T *dwg,       \
+                              T *dwb, T *dweight, T *dbias, long n, long c, long count, long ks, long pg,      \
+                              long M, double eps) {                                                            \
         (void)bias, (void)eps; /* the forward's arguments (the same signature each way, native.call) */        \
-        long D = c / ks, sizes = M * D + 2 * D * M + 2 * c, rows = n * c;                                      \
+        long D = c / ks, rows = n * c, sizes[] = {M * D, D * M, D * M, c, c};                                  \
+        T *grads[] = {dw1, dwg, dwb, dweight, dbias};                                                          \
         const T *m = stats, *scale = m + 2 * rows;                                                             \
         T *work;                                                                                               \
         double *sums;                                                                                          \
-        if (affine_backward_start_##SUFFIX(dy, x, m, rows, count, sizes, &work, &sums)) return 1;              \
+        if (affine_backward_start_##SUFFIX(dy, x, m, rows, count, M * D + 2 * D * M + 2 * c, &work, &sums))    \
+            return 1;                                                                                          \
         double *grad_w1 = sums + 2 * rows, *grad_wg = grad_w1 + M * D, *grad_wb = grad_wg + D * M;             \
         if (ilm_head_backward_##SUFFIX(m, w1, wg, wb, weight, cache, work + rows, work, sums, sums + rows,     \
                                        grad_w1, grad_wg, grad_wb, grad_wb + D * M, grad_wb + D * M + c, n, c,  \
@@ -498,7 +503,7 @@ DEFINE_ILM_HEAD(double, f64)
             free(sums);                                                                                        \
             return 1;                                                                                          \
         }                                                                                                      \
-        return affine_backward_finish_##SUFFIX(dy, x, m, scale, work, sums, dx, grads, rows, count, sizes);    \
+        return affine_backward_finish_##SUFFIX(dy, x, m, scale, work, sums, dx, rows, count, 5, grads, sizes); \
     }
 
 DEFINE_ILM(float, f32)
@@ -564,9 +569,11 @@ DEFINE_ILM(double, f64)
                                                                                                                \
     int localnorm_backward_##SUFFIX(const T *dy, const T *x, const long *group, const long *row,               \
                                     const T *weight, const T *bias, const T *stats, const double *cache,       \
-                                    T *dx, T *grads, long n, long c, long count, long G, long K, double eps) { \
+                                    T *dx, T *dweight, T *dbias, long n, long c, long count, long G, long K,   \
+                                    double eps) {                                                              \
         (void)bias, (void)eps; /* the forward's arguments (the same signature each way, native.call) */        \
-        long rows = n * c, params = 2 * K * c;                                                                 \
+        long rows = n * c, params = 2 * K * c, sizes[] = {K * c, K * c};                                       \
+        T *grads[] = {dweight, dbias};                                                                         \
         const T *m = stats, *scale = m + 2 * rows;                                                             \
         const double *mu = cache, *r = mu + G * c, *size = r + G * c;                                          \
         T *work;                                                                                               \
@@ -599,7 +606,7 @@ DEFINE_ILM(double, f64)
                 grad_v[ij] = d_var[gj] / size[g];                                                              \
             }                                                                                                  \
         }                                                                                                      \
-        return affine_backward_finish_##SUFFIX(dy, x, m, scale, work, sums, dx, grads, rows, count, params);   \
+        return affine_backward_finish_##SUFFIX(dy, x, m, scale, work, sums, dx, rows, count, 2, grads, sizes); \
     }                                                                                                          \
                                                                                                                \
     static void softmax3_##SUFFIX(const T *logits, double *w) {                                                \
@@ -671,11 +678,13 @@ DEFINE_ILM(double, f64)
                                                                                                                \
     int switchnorm_backward_##SUFFIX(const T *dy, const T *x, const T *running_mean, const T *running_var,     \
                                      const T *mean_weight, const T *var_weight, const T *weight,               \
-                                     const T *bias, const T *stats, const double *cache, T *dx, T *grads,      \
-                                     long n, long c, long count, long training, double momentum, double eps) { \
+                                     const T *bias, const T *stats, const double *cache, T *dx,                \
+                                     T *dmean_weight, T *dvar_weight, T *dweight, T *dbias, long n, long c,    \
+                                     long count, long training, double momentum, double eps) {                 \
         (void)running_mean, (void)running_var, (void)mean_weight, (void)var_weight, (void)bias;                \
         (void)momentum, (void)eps; /* the forward's arguments (the same signature each way, native.call) */    \
-        long rows = n * c, params = 6 + 2 * c, extra = params + 2 * (n + c);                                   \
+        long rows = n * c, extra = 6 + 2 * c + 2 * (n + c), sizes[] = {3, 3, c, c};                            \
+        T *grads[] = {dmean_weight, dvar_weight, dweight, dbias};                                              \
         const T *m = stats, *v = m + rows, *scale = v + rows;                                                  \
         const double *wm = cache, *wv = wm + 3, *mu_ln = wv + 3, *var_ln = mu_ln + n, *mu_bn = var_ln + n;     \
         const double *var_bn = mu_bn + c, *mu = var_bn + c, *r = mu + rows;                                    \
@@ -718,7 +727,7 @@ DEFINE_ILM(double, f64)
             d_wm[z] = wm[z] * (d_wm[z] - dot_m);                                                               \
             d_wv[z] = wv[z] * (d_wv[z] - dot_v);                                                               \
         }                                                                                                      \
-        return affine_backward_finish_##SUFFIX(dy, x, m, scale, work, sums, dx, grads, rows, count, params);   \
+        return affine_backward_finish_##SUFFIX(dy, x, m, scale, work, sums, dx, rows, count, 4, grads, sizes); \
     }                                                                                                          \
 
 DEFINE_SUBBATCH_HEADS(float, f32)

@@ -104,11 +104,15 @@ def kernels(*tensors: torch.Tensor) -> ctypes.CDLL | None:
 
 def call(library: ctypes.CDLL, name: str, dtype: torch.dtype, *args: torch.Tensor | int | float) -> int:
     """Calls ``<name>_<f32|f64>`` with tensors passed as pointers, ints as ``long`` and floats as ``double``."""
-    function = _function(library, f"{name}_{_SUFFIX[dtype]}", tuple(_c_type(a) for a in args))
-    return function(*(a.data_ptr() if isinstance(a, torch.Tensor) else a for a in args))
+    kinds = tuple(map(_KINDS.get, map(type, args)))  # by exact type: the common case, without a Python loop
+    if None in kinds:
+        kinds = tuple(_c_type(a) for a in args)
+    function = _function(library, f"{name}_{_SUFFIX[dtype]}", kinds)
+    return function(*(a.data_ptr() if kind is ctypes.c_void_p else a for a, kind in zip(args, kinds)))
 
 
 _C_TYPES = {int: ctypes.c_long, float: ctypes.c_double}
+_KINDS = {torch.Tensor: ctypes.c_void_p, torch.nn.Parameter: ctypes.c_void_p, **_C_TYPES}
 
 
 def _c_type(argument: torch.Tensor | int | float) -> type:
@@ -122,7 +126,7 @@ def _c_type(argument: torch.Tensor | int | float) -> type:
 @functools.cache
 def _function(library: ctypes.CDLL, name: str, kinds: tuple[type, ...]) -> ctypes._CFuncPtr:
     """The kernel ``name`` with its argument and return types declared (ctypes then converts the arguments
-    itself); one per signature, made at its first call."""
-    function = getattr(library, name)
+    itself); one function object per signature (``library[name]`` makes a new one), made at its first call."""
+    function = library[name]
     function.argtypes, function.restype = kinds, ctypes.c_int
     return function
