@@ -9,7 +9,8 @@
 * ``quick-net training step``: one SGD step of the quick net with each norm, ``vs_batchnorm`` the ratio to
   the BatchNorm net's step (what a user pays).
 
-Torch runs one thread for the duration of each test; best of ``ROUNDS`` rounds after a warm-up, with the
+Torch runs one thread for the duration of each test; best of ``ROUNDS`` rounds (``MORE_ROUNDS`` for the
+shapes it names) after a warm-up, with the
 steady heap of ``layer_cost.steady_heap``; ratios use the best times of one session.
 ``benchmarks/layer_cost.py`` measures the same steps (all rows of a shape in turn, each round) and writes
 ``docs/layer-cost.md``.
@@ -23,7 +24,7 @@ from typing import Any
 
 import pytest
 import torch
-from layer_cost import ROUNDS, SHAPES, entries, quick_net_step, steady_heap
+from layer_cost import MORE_ROUNDS, ROUNDS, SHAPES, entries, quick_net_step, steady_heap
 
 from robustbench_norm.norms import get_norm, list_norms
 from robustbench_norm.norms.cost import BASE_NORM, cost_layer, count_ops, training_step
@@ -84,7 +85,8 @@ def test_layer_cost(benchmark: Any, shape_label: str, label: str, name: str, kwa
     benchmark.group = group
     base = BASE_NORM.get(name)
     benchmark.extra_info.update({"ops": ops.total, "kernel_ops": ops.kernels, "base": base})
-    grads = benchmark.pedantic(training_step(layer), **PEDANTIC)
+    rounds = MORE_ROUNDS.get(shape_label, ROUNDS)
+    grads = benchmark.pedantic(training_step(layer), **{**PEDANTIC, "rounds": rounds})
     assert grads[0].shape == layer.shape
     _record(benchmark, group, label, base)
 
