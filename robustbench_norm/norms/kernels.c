@@ -309,6 +309,39 @@ DEFINE_RUNNING_UPDATE(double, f64)
 DEFINE_AFFINE_BACKWARD(float, f32)
 DEFINE_AFFINE_BACKWARD(double, f64)
 
+/* Pooled moments (the ILM and SwitchNorm heads): the mean and variance of n values m[k * stride] whose own
+ * variances are v[k * stride] over equal counts (law of total variance), u times the biased one (u = 1, or
+ * n' / (n' - 1) for the unbiased variance of the n' underlying values); and its backward, which adds into dm,
+ * dv (stride apart) the gradient from d_mean, d_var. In double. */
+#define DEFINE_POOLED_MOMENTS(T, SUFFIX)                                                                       \
+    static void pooled_moments_##SUFFIX(const T *m, const T *v, long n, long stride, double u, double *mean,   \
+                                        double *var) {                                                         \
+        double sum = 0, biased = 0;                                                                            \
+        for (long k = 0; k < n; ++k) sum += (double)m[k * stride];                                             \
+        *mean = sum / (double)n;                                                                               \
+        for (long k = 0; k < n; ++k) {                                                                         \
+            double d = (double)m[k * stride] - *mean;                                                          \
+            biased += (double)v[k * stride] + d * d;                                                           \
+        }                                                                                                      \
+        *var = biased / (double)n * u;                                                                         \
+    }                                                                                                          \
+                                                                                                               \
+    static void pooled_moments_backward_##SUFFIX(const T *m, long n, long stride, double u, double mean,       \
+                                                 double d_mean, double d_var, double *dm, double *dv) {        \
+        double d_each = d_var * u / (double)n, centred_sum = 0;                                                \
+        for (long k = 0; k < n; ++k) {                                                                         \
+            double d = (double)m[k * stride] - mean;                                                           \
+            dv[k * stride] += d_each;                                                                          \
+            dm[k * stride] += 2 * d_each * d;                                                                  \
+            centred_sum += d;                                                                                  \
+        }                                                                                                      \
+        double shift = (d_mean - 2 * d_each * centred_sum) / (double)n;                                        \
+        for (long k = 0; k < n; ++k) dm[k * stride] += shift;                                                  \
+    }
+
+DEFINE_POOLED_MOMENTS(float, f32)
+DEFINE_POOLED_MOMENTS(double, f64)
+
 /* The head of ILM Norm (robustbench_norm/norms/ilm.py, steps 1-6) on the instance moments m, v (N, C) of one
  * batch: (scale, offset) per (n, c), y = (x - m) * scale + offset; and its backward. Per sample, with key
  * groups k of ks channels, standardisation groups g of pg channels, u(n) = n / max(n - 1, 1) over `count`
@@ -323,40 +356,6 @@ DEFINE_AFFINE_BACKWARD(double, f64)
  * gradients, summed over the batch into grad_w1 (M x D), grad_wg, grad_wb (D x M), grad_weight, grad_bias
  * (C), all in double; the chain rule of each step above in reverse. All math in double. */
 #define DEFINE_ILM_HEAD(T, SUFFIX)                                                                             \
-    /* Mean and unbiased variance (u = n / max(n - 1, 1)) of `groups` groups of `size` consecutive channels,   \
-     * from the channels' means m and biased variances v (law of total variance). */                           \
-    static void pooled_moments_##SUFFIX(const T *m, const T *v, long groups, long size, double u, double *mean, \
-                                        double *var) {                                                         \
-        for (long g = 0; g < groups; ++g) {                                                                    \
-            double sum = 0, biased = 0;                                                                        \
-            for (long j = 0; j < size; ++j) sum += (double)m[g * size + j];                                    \
-            double mu = sum / (double)size;                                                                    \
-            for (long j = 0; j < size; ++j) {                                                                  \
-                double centred = (double)m[g * size + j] - mu;                                                 \
-                biased += (double)v[g * size + j] + centred * centred;                                         \
-            }                                                                                                  \
-            mean[g] = mu;                                                                                      \
-            var[g] = biased / (double)size * u;                                                                \
-        }                                                                                                      \
-    }                                                                                                          \
-                                                                                                               \
-    /* Adds into dm, dv (per channel) the gradient of pooled_moments from d_mean, d_var (per group). */        \
-    static void pooled_moments_backward_##SUFFIX(const T *m, const double *mean, const double *d_mean,         \
-                                                 const double *d_var, long groups, long size, double u,        \
-                                                 double *dm, double *dv) {                                     \
-        for (long g = 0; g < groups; ++g) {                                                                    \
-            double d_each = d_var[g] * u / (double)size, centred_sum = 0;                                      \
-            for (long j = 0; j < size; ++j) {                                                                  \
-                double centred = (double)m[g * size + j] - mean[g];                                            \
-                dv[g * size + j] += d_each;                                                                    \
-                dm[g * size + j] += 2 * d_each * centred;                                                      \
-                centred_sum += centred;                                                                        \
-            }                                                                                                  \
-            double d_mu = (d_mean[g] - 2 * d_each * centred_sum) / (double)size;                               \
-            for (long j = 0; j < size; ++j) dm[g * size + j] += d_mu;                                          \
-        }                                                                                                      \
-    }                                                                                                          \
-                                                                                                               \
     static int ilm_head_forward_##SUFFIX(const T *m, const T *v, const T *w1, const T *wg, const T *wb,        \
                                          const T *weight, const T *bias, T *scale, T *offset, double *cache,   \
                                          long n, long c, long count, long ks, long pg, long M, double eps) {   \
@@ -367,8 +366,10 @@ DEFINE_AFFINE_BACKWARD(double, f64)
             const T *mi = m + i * c, *vi = v + i * c;                                                          \
             double *mk = cache + i * stride, *vk = mk + D, *hm = vk + D, *hs = hm + M, *bet = hs + M;          \
             double *gam = bet + D, *mg = gam + D, *rg = mg + G;                                                \
-            pooled_moments_##SUFFIX(mi, vi, D, ks, uk, mk, vk);                                                \
-            pooled_moments_##SUFFIX(mi, vi, G, pg, ug, mg, rg);                                                \
+            for (long d = 0; d < D; ++d)                                                                       \
+                pooled_moments_##SUFFIX(mi + d * ks, vi + d * ks, ks, 1, uk, mk + d, vk + d);                  \
+            for (long g = 0; g < G; ++g)                                                                       \
+                pooled_moments_##SUFFIX(mi + g * pg, vi + g * pg, pg, 1, ug, mg + g, rg + g);                  \
             for (long g = 0; g < G; ++g) rg[g] = 1.0 / sqrt(rg[g] + eps);                                      \
             for (long j = 0; j < M; ++j) {                                                                     \
                 double sm = 0, sv = 0;                                                                         \
@@ -432,7 +433,9 @@ DEFINE_AFFINE_BACKWARD(double, f64)
                 grad_weight[ch] += d_gamma;                                                                    \
             }                                                                                                  \
             for (long g = 0; g < G; ++g) d_vg[g] *= -0.5 * rg[g] * rg[g] * rg[g];                              \
-            pooled_moments_backward_##SUFFIX(mi, mg, d_mg, d_vg, G, pg, ug, dm, dv);                           \
+            for (long g = 0; g < G; ++g)                                                                       \
+                pooled_moments_backward_##SUFFIX(mi + g * pg, pg, 1, ug, mg[g], d_mg[g], d_vg[g], dm + g * pg, \
+                                                 dv + g * pg);                                                 \
             for (long d = 0; d < D; ++d) {                                                                     \
                 d_bet[d] *= 1 - bet[d] * bet[d];  /* now d z_beta */                                           \
                 d_gam[d] *= gam[d] * (1 - gam[d]); /* now d z_gamma */                                         \
@@ -458,7 +461,9 @@ DEFINE_AFFINE_BACKWARD(double, f64)
                 d_mk[d] = sm;                                                                                  \
                 d_vk[d] = sv;                                                                                  \
             }                                                                                                  \
-            pooled_moments_backward_##SUFFIX(mi, mk, d_mk, d_vk, D, ks, uk, dm, dv);                           \
+            for (long d = 0; d < D; ++d)                                                                       \
+                pooled_moments_backward_##SUFFIX(mi + d * ks, ks, 1, uk, mk[d], d_mk[d], d_vk[d], dm + d * ks, \
+                                                 dv + d * ks);                                                 \
         }                                                                                                      \
         free(work);                                                                                            \
         return 0;                                                                                              \
@@ -615,19 +620,6 @@ DEFINE_ILM(double, f64)
         for (int z = 0; z < 3; ++z) w[z] /= total;                                                             \
     }                                                                                                          \
                                                                                                                \
-    /* Mean and biased variance of `n` values m[k * stride] of variances v[k * stride] (total variance). */    \
-    static void strided_moments_##SUFFIX(const T *m, const T *v, long n, long stride, double *mean,            \
-                                         double *var) {                                                        \
-        double sum = 0, biased = 0;                                                                            \
-        for (long k = 0; k < n; ++k) sum += (double)m[k * stride];                                             \
-        *mean = sum / (double)n;                                                                               \
-        for (long k = 0; k < n; ++k) {                                                                         \
-            double d = (double)m[k * stride] - *mean;                                                          \
-            biased += (double)v[k * stride] + d * d;                                                           \
-        }                                                                                                      \
-        *var = biased / (double)n;                                                                             \
-    }                                                                                                          \
-                                                                                                               \
     int switchnorm_forward_##SUFFIX(const T *x, T *running_mean, T *running_var, const T *mean_weight,         \
                                     const T *var_weight, const T *weight, const T *bias, T *y, T *stats,       \
                                     double *cache, long n, long c, long count, long training, double momentum, \
@@ -639,10 +631,10 @@ DEFINE_ILM(double, f64)
         softmax3_##SUFFIX(mean_weight, wm);                                                                    \
         softmax3_##SUFFIX(var_weight, wv);                                                                     \
         for (long i = 0; i < n; ++i)                                                                           \
-            strided_moments_##SUFFIX(m + i * c, v + i * c, c, 1, mu_ln + i, var_ln + i);                       \
+            pooled_moments_##SUFFIX(m + i * c, v + i * c, c, 1, 1, mu_ln + i, var_ln + i);                     \
         for (long j = 0; j < c; ++j) {                                                                         \
             if (training) {                                                                                    \
-                strided_moments_##SUFFIX(m + j, v + j, n, c, mu_bn + j, var_bn + j);                           \
+                pooled_moments_##SUFFIX(m + j, v + j, n, c, 1, mu_bn + j, var_bn + j);                         \
                 running_mean[j] = running_value_##SUFFIX(running_mean[j], (T)mu_bn[j], (T)momentum);           \
                 running_var[j] = running_value_##SUFFIX(running_var[j], (T)var_bn[j], (T)momentum);            \
             } else {                                                                                           \
@@ -660,20 +652,6 @@ DEFINE_ILM(double, f64)
                 offset[ij] = (T)((double)bias[j] + ((double)m[ij] - mu[ij]) * s);                              \
             }                                                                                                  \
         return row_affine_##SUFFIX(x, m, scale, offset, y, n * c, count);                                      \
-    }                                                                                                          \
-                                                                                                               \
-    /* Adds into dm, dv (stride apart) the gradient of strided_moments from d_mean, d_var. */                  \
-    static void strided_moments_backward_##SUFFIX(const T *m, long n, long stride, double mean, double d_mean, \
-                                                  double d_var, double *dm, double *dv) {                      \
-        double centred_sum = 0;                                                                                \
-        for (long k = 0; k < n; ++k) {                                                                         \
-            double d = (double)m[k * stride] - mean;                                                           \
-            dv[k * stride] += d_var / (double)n;                                                               \
-            dm[k * stride] += 2 * d_var * d / (double)n;                                                       \
-            centred_sum += d;                                                                                  \
-        }                                                                                                      \
-        double shift = (d_mean - 2 * d_var * centred_sum / (double)n) / (double)n;                             \
-        for (long k = 0; k < n; ++k) dm[k * stride] += shift;                                                  \
     }                                                                                                          \
                                                                                                                \
     int switchnorm_backward_##SUFFIX(const T *dy, const T *x, const T *running_mean, const T *running_var,     \
@@ -717,10 +695,11 @@ DEFINE_ILM(double, f64)
                 d_var_bn[j] += wv[2] * d_var;                                                                  \
             }                                                                                                  \
         for (long i = 0; i < n; ++i)                                                                           \
-            strided_moments_backward_##SUFFIX(m + i * c, c, 1, mu_ln[i], d_mu_ln[i], d_var_ln[i], dm + i * c,  \
-                                              dv + i * c);                                                     \
+            pooled_moments_backward_##SUFFIX(m + i * c, c, 1, 1, mu_ln[i], d_mu_ln[i], d_var_ln[i],            \
+                                             dm + i * c, dv + i * c);                                          \
         for (long j = 0; training && j < c; ++j)                                                               \
-            strided_moments_backward_##SUFFIX(m + j, n, c, mu_bn[j], d_mu_bn[j], d_var_bn[j], dm + j, dv + j); \
+            pooled_moments_backward_##SUFFIX(m + j, n, c, 1, mu_bn[j], d_mu_bn[j], d_var_bn[j], dm + j,        \
+                                             dv + j);                                                          \
         double dot_m = wm[0] * d_wm[0] + wm[1] * d_wm[1] + wm[2] * d_wm[2];                                    \
         double dot_v = wv[0] * d_wv[0] + wv[1] * d_wv[1] + wv[2] * d_wv[2];                                    \
         for (int z = 0; z < 3; ++z) { /* through the softmaxes to the logits */                                \
