@@ -10,10 +10,9 @@
   the BatchNorm net's step (what a user pays).
 
 Torch runs one thread for the duration of each test; best of ``ROUNDS`` rounds (``MORE_ROUNDS`` for the
-shapes it names) after a warm-up, with the
-steady heap of ``layer_cost.steady_heap``; ratios use the best times of one session.
-``benchmarks/layer_cost.py`` measures the same steps (all rows of a shape in turn, each round) and writes
-``docs/layer-cost.md``.
+shapes it names) after a warm-up, with the steady heap of ``layer_cost.steady_heap``; ratios use the best
+times of one session. ``benchmarks/layer_cost.py`` measures the same steps (all rows of a shape in turn, each
+round) and writes ``docs/layer-cost.md``.
 
 Run: ``pytest benchmarks/bench_norms.py -p no:cacheprovider --benchmark-only`` (add ``-k "small"`` etc.).
 """

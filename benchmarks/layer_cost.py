@@ -365,10 +365,10 @@ def render_doc(
         "",
         f"Time of one training-mode forward + backward (input and parameter gradients) of every registered "
         f"normalization layer, best of {ROUNDS} ({_more_rounds()}) after a warm-up, all layers of a shape timed in "
-        "turn in each "
-        "round (so a layer and its base norm see the same load), and its ATen ops counted with a dispatch-mode "
-        "counter: all ops, and in parentheses the non-view ops (kernel launches on a GPU). \"base\" is the norm "
-        "the layer reduces to or extends (`robustbench_norm.norms.cost.BASE_NORM`); the targets are issue 14's. "
+        "turn in each round (so a layer and its base norm see the same load), and its ATen ops counted with a "
+        "dispatch-mode counter: all ops, and in parentheses the non-view ops (kernel launches on a GPU). \"base\" "
+        "is the norm the layer reduces to or extends (`robustbench_norm.norms.cost.BASE_NORM`); the targets are "
+        "issue 14's. "
         "Produced by `benchmarks/layer_cost.py` (its docstring has the commands); "
         "`pytest benchmarks/bench_norms.py --benchmark-only` times the same steps as pytest-benchmark groups.",
     ]
